@@ -1,0 +1,185 @@
+"""The `orchard` command line. Every command has --help; reporting commands take --json."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import typer
+
+from orchard.config import ConfigError, OrchardConfig
+from orchard.output import emit
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold credentials
+    help="Feature, training and inference pipelines on Ray.")
+features_app = typer.Typer(no_args_is_help=True, help="Feature groups and feature pipelines.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
+app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
+
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as one JSON document on stdout.")
+
+
+@app.callback()
+def configure(
+    context: typer.Context,
+    storage: str = typer.Option(
+        None, "--storage", help="Storage root URI: a folder or s3://bucket/prefix. Default: $ORCHARD_STORAGE or ./orchard-data."
+    ),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Address of a running Ray cluster. Default: $ORCHARD_RAY_ADDRESS, else start a local Ray."
+    ),
+    num_cpus: int = typer.Option(None, "--num-cpus", help="CPUs for a local Ray (default: all). Env: ORCHARD_NUM_CPUS."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+) -> None:
+    """Orchard: from never-ending raw data to versioned prediction services, on Ray."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    try:
+        context.obj = OrchardConfig.from_sources(storage=storage, ray_address=ray_address, num_cpus=num_cpus)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+@app.command()
+def demo(
+    context: typer.Context,
+    rows: int = typer.Option(2000, "--rows", min=50, help="Fruit to generate for this run."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the generated data."),
+    port: int = typer.Option(None, "--port", help="HTTP port for Ray Serve (default 8000, env ORCHARD_SERVE_PORT)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run the whole path once: generate fruit, build features, train, register, serve, query, shut down."""
+    from orchard.demo import run_demo
+
+    config = context.obj.with_overrides(serve_port=port)
+    echo = (lambda line: print(line, file=sys.stderr)) if as_json else print
+    result = run_demo(config, rows=rows, seed=seed, echo=echo)
+    if as_json:
+        emit(result, as_json=True)
+
+
+@app.command()
+def generate(
+    context: typer.Context,
+    domain: str = typer.Argument(..., help="Example domain: fruit."),
+    rows: int = typer.Option(2000, "--rows", min=1, help="Records to generate."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    out: str = typer.Option(None, "--out", help="Landing folder relative to the storage root (default: the domain's)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write a new day of synthetic raw data into a domain's landing area."""
+    from features.synthetic import GENERATORS
+    from orchard.storage import Storage
+
+    if domain not in GENERATORS:
+        raise typer.BadParameter(f"unknown domain {domain!r}; choose from {', '.join(GENERATORS)}", param_hint="DOMAIN")
+    kwargs = {"location": out} if out else {}
+    generated = GENERATORS[domain](Storage(context.obj.storage), rows=rows, seed=seed, **kwargs)
+    emit({"domain": domain, "location": generated.location, "files": list(generated.files), "rows": generated.rows},
+         as_json=as_json)
+
+
+@features_app.command("list")
+def features_list(as_json: bool = JSON_OPTION) -> None:
+    """List the defined feature groups."""
+    from features.catalog import all_groups
+
+    groups = [{"group": g.ref, "description": g.description, "features": len(g.features)} for g in all_groups()]
+    emit(groups, as_json=as_json, human=lambda rows: "\n".join(f"{r['group']:32} {r['description']}" for r in rows))
+
+
+@features_app.command("run")
+def features_run(
+    context: typer.Context,
+    group: str = typer.Argument(..., help="Feature group as name[:version]."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run a feature group's pipeline into the offline store."""
+    from pipelines.features import run
+
+    emit(run(context.obj, group, quiet=as_json).to_dict(), as_json=as_json)
+
+
+@app.command()
+def train(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="Model to train, e.g. fruit_classifier."),
+    alias: str = typer.Option(None, "--alias", help="Point this alias (e.g. production) at the new version."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a model on its feature table and register it as a new version."""
+    from pipelines.train import run
+
+    emit(run(context.obj, model, alias=alias, quiet=as_json), as_json=as_json)
+
+
+@models_app.command("list")
+def models_list(context: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """List registered models with their versions and aliases."""
+    from orchard.registry import ModelRegistry
+    from orchard.storage import Storage
+
+    registry = ModelRegistry(Storage(context.obj.storage))
+    rows = [{"name": n, "versions": registry.versions(n), "aliases": registry.aliases(n)} for n in registry.models()]
+    emit(rows, as_json=as_json, human=lambda rs: "\n".join(
+        f"{r['name']:28} versions {r['versions']} aliases {r['aliases']}" for r in rs) or "no models registered")
+
+
+@models_app.command("show")
+def models_show(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="name[:version or alias]; the production version if omitted."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Show one model version's card: signature, metrics, lineage."""
+    from orchard.registry import ModelRegistry, RegistryError
+    from orchard.storage import Storage
+
+    name, _, reference = model.partition(":")
+    try:
+        card = ModelRegistry(Storage(context.obj.storage)).get(name, reference or None).card
+    except RegistryError as error:
+        raise typer.BadParameter(str(error), param_hint="MODEL") from None
+    emit(card, as_json=True if as_json else False)
+
+
+@app.command("serve")
+def serve_command(
+    context: typer.Context,
+    port: int = typer.Option(None, "--port", help="HTTP port (default 8000, env ORCHARD_SERVE_PORT)."),
+    host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+) -> None:
+    """Serve every registered model over HTTP until interrupted (Ctrl-C)."""
+    from ray import serve
+
+    from orchard.runtime import ray_session
+    from serve.app import deploy
+
+    config = context.obj.with_overrides(serve_port=port, serve_host=host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ray_session(config, quiet=True):
+        url = deploy(config)
+        print(f"serving models from {config.storage} at {url} (docs at {url}/docs); Ctrl-C stops", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            serve.shutdown()
+
+
+def main() -> None:
+    from orchard.runtime import prepare_driver_environment
+
+    prepare_driver_environment()
+    app()
+
+
+if __name__ == "__main__":
+    main()

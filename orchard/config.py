@@ -1,0 +1,116 @@
+"""One typed configuration object, built from flags and the environment.
+
+Precedence: explicit flag > environment variable > default. Nothing here touches
+the file system or Ray; `runtime_env()` is the single place that turns the
+configuration into what Ray workers see.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+DEFAULT_STORAGE = "orchard-data"
+
+# TensorFlow must see this before it is first imported, in the driver and in
+# every Ray worker: Keras 3 fails inside MultiWorkerMirroredStrategy, tf-keras works.
+LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+def normalize_storage_uri(value: str, cwd: Path | None = None) -> str:
+    """Return an absolute storage URI.
+
+    A bare path becomes an absolute local path (Ray workers run in other working
+    directories, so a relative path would point somewhere else for them).
+    """
+    value = value.strip()
+    if not value:
+        raise ConfigError("storage root must not be empty")
+    parsed = urlparse(value)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else value).expanduser()
+        if not path.is_absolute():
+            path = (cwd or Path.cwd()) / path
+        return str(path.resolve())
+    if parsed.scheme in ("s3", "gs", "gcs", "abfs", "hdfs"):
+        if not parsed.netloc:
+            raise ConfigError(f"storage root {value!r} names no bucket or host")
+        return value.rstrip("/")
+    raise ConfigError(
+        f"storage root {value!r} has unsupported scheme {parsed.scheme!r}; "
+        "expected a local path, file://, s3://, gs://, abfs:// or hdfs://"
+    )
+
+
+def _int_from(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class OrchardConfig:
+    """Everything a command needs to know about where it runs."""
+
+    storage: str
+    """Absolute storage root: a local path or an object-store URI."""
+    ray_address: str | None = None
+    """Address of an existing Ray cluster; None starts a local single-node Ray."""
+    num_cpus: int | None = None
+    """CPUs for a local Ray started by Orchard (None lets Ray count them)."""
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    """Further environment variables for every Ray worker."""
+
+    @classmethod
+    def from_sources(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        storage: str | None = None,
+        ray_address: str | None = None,
+        num_cpus: int | None = None,
+        serve_host: str | None = None,
+        serve_port: int | None = None,
+    ) -> "OrchardConfig":
+        """Build the configuration: flags win over ORCHARD_* variables, which win over defaults."""
+        env = os.environ if env is None else env
+        port = serve_port if serve_port is not None else _int_from(env, "ORCHARD_SERVE_PORT")
+        cpus = num_cpus if num_cpus is not None else _int_from(env, "ORCHARD_NUM_CPUS")
+        if cpus is not None and cpus < 1:
+            raise ConfigError(f"num_cpus must be at least 1, got {cpus}")
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"serve port must be between 1 and 65535, got {port}")
+        return cls(
+            storage=normalize_storage_uri(storage or env.get("ORCHARD_STORAGE") or DEFAULT_STORAGE),
+            ray_address=ray_address or env.get("ORCHARD_RAY_ADDRESS") or None,
+            num_cpus=cpus,
+            serve_host=serve_host or env.get("ORCHARD_SERVE_HOST") or "127.0.0.1",
+            serve_port=port if port is not None else 8000,
+        )
+
+    def with_overrides(self, **changes) -> "OrchardConfig":
+        if "storage" in changes and changes["storage"] is not None:
+            changes["storage"] = normalize_storage_uri(changes["storage"])
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def runtime_env(self) -> dict:
+        """The Ray runtime env every Orchard job and worker runs with."""
+        env_vars = {**LEGACY_KERAS_ENV, "ORCHARD_STORAGE": self.storage, **self.extra_env}
+        return {"env_vars": env_vars}
+
+    def serve_url(self) -> str:
+        host = "127.0.0.1" if self.serve_host in ("0.0.0.0", "::") else self.serve_host
+        return f"http://{host}:{self.serve_port}"

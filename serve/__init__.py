@@ -1,0 +1,1 @@
+"""The Ray Serve application: versioned classifier and regressor endpoints."""
