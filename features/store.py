@@ -31,7 +31,7 @@ class OfflineStore:
         dataset.write_delta(
             self.table_uri(group),
             mode=mode,
-            schema_mode="overwrite" if mode == "overwrite" else "merge",
+            schema_mode="error",  # a group version has one fixed schema; drift is a bug
             name=group.name,
             description=group.description,
         )

@@ -10,7 +10,7 @@ import threading
 import typer
 
 from orchard.config import ConfigError, OrchardConfig
-from orchard.output import emit
+from orchard.output import emit, stdout_reserved_for_json
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -57,8 +57,8 @@ def demo(
     from orchard.demo import run_demo
 
     config = context.obj.with_overrides(serve_port=port)
-    echo = (lambda line: print(line, file=sys.stderr)) if as_json else print
-    result = run_demo(config, rows=rows, seed=seed, echo=echo)
+    with stdout_reserved_for_json(as_json):
+        result = run_demo(config, rows=rows, seed=seed)
     if as_json:
         emit(result, as_json=True)
 
@@ -102,7 +102,9 @@ def features_run(
     """Run a feature group's pipeline into the offline store."""
     from pipelines.features import run
 
-    emit(run(context.obj, group, quiet=as_json).to_dict(), as_json=as_json)
+    with stdout_reserved_for_json(as_json):
+        report = run(context.obj, group, quiet=as_json)
+    emit(report.to_dict(), as_json=as_json)
 
 
 @app.command()
@@ -115,7 +117,9 @@ def train(
     """Train a model on its feature table and register it as a new version."""
     from pipelines.train import run
 
-    emit(run(context.obj, model, alias=alias, quiet=as_json), as_json=as_json)
+    with stdout_reserved_for_json(as_json):
+        result = run(context.obj, model, alias=alias, quiet=as_json)
+    emit(result, as_json=as_json)
 
 
 @models_app.command("list")

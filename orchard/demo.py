@@ -94,7 +94,7 @@ def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, echo: Ca
                     expected = Predictor.load(registry, name, body["version"]).predict(batch)
                     if body["predictions"] != expected:
                         raise DemoError(f"{name}: served predictions differ from the registered model's")
-                    summary["predictions"][name] = body
+                    summary["predictions"][name] = {"instances": batch, **body}
                     echo(f"      POST {url}/v1/models/{name}:predict -> version {body['version']}")
                     truth = instances if name == "fruit_classifier" else apples
                     for row, prediction in zip(truth, body["predictions"]):

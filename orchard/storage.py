@@ -70,10 +70,14 @@ class Storage:
     def find_files(self, relative: str, pattern: str = "*") -> Iterator[FileEntry]:
         """Files below a folder, recursively, whose name matches a glob pattern, sorted by path."""
         selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
+        base = self.path(relative)
+
+        def visible(path: str) -> bool:  # skips temporary files and folders such as _delta_log
+            return not any(part.startswith((".", "_")) for part in posixpath.relpath(path, base).split("/"))
+
         entries = [
             e for e in self.fs.get_file_info(selector)
-            if e.type == pafs.FileType.File and fnmatch.fnmatch(posixpath.basename(e.path), pattern)
-            and not posixpath.basename(e.path).startswith((".", "_"))
+            if e.type == pafs.FileType.File and fnmatch.fnmatch(posixpath.basename(e.path), pattern) and visible(e.path)
         ]
         for entry in sorted(entries, key=lambda e: e.path):
             yield FileEntry(self.relative(entry.path), entry.size, entry.mtime_ns or 0)

@@ -10,7 +10,7 @@ import typer
 from features.catalog import get_group
 from features.pipeline import RunReport, run_feature_pipeline
 from orchard.config import OrchardConfig
-from orchard.output import emit
+from orchard.output import emit, stdout_reserved_for_json
 from orchard.runtime import ray_session
 from orchard.storage import Storage
 
@@ -28,7 +28,9 @@ def main(
 ) -> None:
     """Run the feature pipeline of one feature group."""
     config = OrchardConfig.from_sources(storage=storage)
-    emit(run(config, group, quiet=as_json).to_dict(), as_json=as_json)
+    with stdout_reserved_for_json(as_json):
+        report = run(config, group, quiet=as_json)
+    emit(report.to_dict(), as_json=as_json)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from orchard.config import OrchardConfig
-from orchard.output import emit
+from orchard.output import emit, stdout_reserved_for_json
 from orchard.registry import ModelRegistry
 from orchard.runtime import ray_session
 from orchard.storage import Storage
@@ -33,7 +33,9 @@ def main(
 ) -> None:
     """Train one model and register it."""
     config = OrchardConfig.from_sources(storage=storage)
-    emit(run(config, model, alias=alias, quiet=as_json), as_json=as_json)
+    with stdout_reserved_for_json(as_json):
+        result = run(config, model, alias=alias, quiet=as_json)
+    emit(result, as_json=as_json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""Shared fixtures: one local Ray for the whole session, one Serve app on a free port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from tests.helpers import free_port, processes_mentioning
+
+
+def pytest_collection_modifyitems(items):
+    # End-to-end tests start a Ray of their own: run them before the shared Ray
+    # starts so that two Ray instances never compete for the two cores.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") else 1)
+
+
+@pytest.fixture(scope="session")
+def ray_temp_dir():
+    path = tempfile.mkdtemp(prefix="orchard-ray-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_storage(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("storage"))
+
+
+@pytest.fixture(scope="session")
+def session_config(session_storage):
+    from orchard.config import OrchardConfig
+
+    return OrchardConfig.from_sources(env={}, storage=session_storage, num_cpus=2, serve_port=free_port())
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(session_config, ray_temp_dir):
+    """The session's one local Ray (2 CPUs); checks on exit that none of its processes survive."""
+    import ray
+
+    from orchard.runtime import configure_ray_data, prepare_driver_environment
+
+    prepare_driver_environment()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env=session_config.runtime_env(),
+        _temp_dir=ray_temp_dir,
+    )
+    configure_ray_data(quiet=True)
+    yield
+    ray.shutdown()
+    deadline = time.monotonic() + 30
+    while processes_mentioning(ray_temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftovers = processes_mentioning(ray_temp_dir)
+    assert not leftovers, f"Ray processes left running after shutdown: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def trained_fruit(ray_cluster, session_config):
+    """A storage root holding one day of fruit, its feature table and both demo models (version 1)."""
+    from features.catalog import get_group
+    from features.pipeline import run_feature_pipeline
+    from features.synthetic import write_fruit
+    from orchard.registry import ModelRegistry
+    from orchard.storage import Storage
+    from orchard.training import get_spec, train_and_register
+
+    storage = Storage(session_config.storage)
+    write_fruit(storage, rows=1500, seed=7)
+    run_feature_pipeline(storage, get_group("fruit_measurements"))
+    registry = ModelRegistry(storage)
+    versions = {}
+    for name in ("fruit_classifier", "apple_weight_regressor"):
+        version, _ = train_and_register(storage, get_spec(name))
+        registry.set_alias(name, "production", version.version)
+        versions[name] = version.version
+    return storage, versions
+
+
+@pytest.fixture(scope="session")
+def serve_url(trained_fruit, session_config):
+    from ray import serve
+
+    from serve.app import deploy
+
+    url = deploy(session_config)
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_orchard_env(monkeypatch):
+    """Tests build their configuration explicitly; a developer's environment must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("ORCHARD_"):
+            monkeypatch.delenv(name)

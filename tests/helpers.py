@@ -1,0 +1,36 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def processes_mentioning(marker: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process whose command line contains `marker`.
+
+    Ray's processes carry their session folder on the command line, so a Ray
+    started with a unique temp folder is found exactly, without name patterns.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if "State:\tZ" in status:  # a zombie holds no resources and is its parent's to reap
+            continue
+        command = raw.replace(b"\0", b" ").decode(errors="replace")
+        if marker in command:
+            found.append((int(entry.name), command[:200]))
+    return found
