@@ -6,15 +6,12 @@ running a generator again looks like new data arriving.
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from orchard.storage import Storage
 
@@ -39,6 +36,9 @@ class GeneratedSlice:
     location: str
     files: tuple[str, ...]
     rows: int
+    bad_records: int = 0
+    """Records deliberately made malformed (each must end up in quarantine)."""
+    corrupt_files: tuple[str, ...] = ()
 
 
 def fruit_frame(rows: int, seed: int, start: datetime = FIRST_DAY) -> pd.DataFrame:
@@ -76,8 +76,38 @@ def next_slice(storage: Storage, location: str) -> int:
     return max(days, default=0) + 1
 
 
-def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str = "landing/fruit") -> GeneratedSlice:
-    """Write one day of fruit: half as the scale's CSV, half as the sorting line's JSON Lines."""
+_CSV_DAMAGE = (
+    lambda f: f[:5] + ["heavy"] + f[6:],        # a measurement that is not a number
+    lambda f: f[:2] + ["1.7"] + f[3:],          # red channel out of range
+    lambda f: [""] + f[1:],                     # missing fruit id
+    lambda f: f[:4],                            # truncated record
+    lambda f: f[:8] + ["banana"],               # label not allowed
+)
+_JSON_DAMAGE = (
+    lambda line: line[: len(line) // 2],                               # cut mid-record
+    lambda line: line.replace('"r":', '"r":"crimson","_r":', 1),       # colour as text
+    lambda line: line.replace('"ts":"', '"ts":"yesterday ', 1),        # unreadable time
+)
+
+
+def _damage(lines: list[str], fraction: float, rng: np.random.Generator, damages) -> tuple[list[str], int]:
+    count = int(round(len(lines) * fraction))
+    chosen = rng.choice(len(lines), size=count, replace=False) if count else []
+    for position, index in enumerate(chosen):
+        lines[index] = damages[position % len(damages)](lines[index])
+    return lines, count
+
+
+def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str = "landing/fruit",
+                bad_fraction: float = 0.0) -> GeneratedSlice:
+    """Write one day of fruit: half as the scale's CSV, half as the sorting line's JSON Lines.
+
+    With `bad_fraction` > 0 that share of records is damaged in the ways real
+    feeds break, and one more file is written that is not valid UTF-8 at all.
+    """
+    if not 0.0 <= bad_fraction <= 1.0:
+        raise ValueError(f"bad_fraction must be between 0 and 1, got {bad_fraction}")
+    rng = np.random.default_rng(seed + 7919)
     day = next_slice(storage, location)
     frame = fruit_frame(rows, seed=seed + day, start=FIRST_DAY + timedelta(days=day - 1))
     frame = frame.drop(columns=["variety"])
@@ -91,17 +121,25 @@ def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str
     sorting_line = sorting_line.assign(
         weight_kg=sorting_line["weight_kg"] / 1000.0, diameter_cm=sorting_line["diameter_cm"] / 10.0
     )
-    files = []
+    files, bad = [], 0
     if len(scale):
-        buffer = io.BytesIO()
-        pacsv.write_csv(pa.Table.from_pandas(scale, preserve_index=False), buffer)
-        storage.write_bytes(f"{folder}/scale.csv", buffer.getvalue())
+        text = scale.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%f")
+        header, *records = text.rstrip("\n").split("\n")
+        fields, damaged = _damage([r.split(",") for r in records], bad_fraction, rng, _CSV_DAMAGE)
+        bad += damaged
+        storage.write_bytes(f"{folder}/scale.csv", ("\n".join([header, *map(",".join, fields)]) + "\n").encode())
         files.append(f"{folder}/scale.csv")
     if len(sorting_line):
         text = sorting_line.to_json(orient="records", lines=True, date_format="iso", date_unit="ms")
-        storage.write_bytes(f"{folder}/sorting_line.jsonl", text.encode())
+        lines, damaged = _damage(text.rstrip("\n").split("\n"), bad_fraction, rng, _JSON_DAMAGE)
+        bad += damaged
+        storage.write_bytes(f"{folder}/sorting_line.jsonl", ("\n".join(lines) + "\n").encode())
         files.append(f"{folder}/sorting_line.jsonl")
-    return GeneratedSlice("fruit", folder, tuple(files), rows)
+    corrupt = ()
+    if bad_fraction > 0:
+        corrupt = (f"{folder}/sorting_line_retry.jsonl",)
+        storage.write_bytes(corrupt[0], b"\xff\xfe" + rng.bytes(256))
+    return GeneratedSlice("fruit", folder, tuple(files) + corrupt, rows, bad, corrupt)
 
 
 GENERATORS = {"fruit": write_fruit}

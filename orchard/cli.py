@@ -70,6 +70,8 @@ def generate(
     rows: int = typer.Option(2000, "--rows", min=1, help="Records to generate."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: str = typer.Option(None, "--out", help="Landing folder relative to the storage root (default: the domain's)."),
+    bad_fraction: float = typer.Option(0.0, "--bad-fraction", min=0.0, max=1.0,
+                                       help="Share of records to damage, plus one corrupt file when above 0."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a new day of synthetic raw data into a domain's landing area."""
@@ -79,9 +81,9 @@ def generate(
     if domain not in GENERATORS:
         raise typer.BadParameter(f"unknown domain {domain!r}; choose from {', '.join(GENERATORS)}", param_hint="DOMAIN")
     kwargs = {"location": out} if out else {}
-    generated = GENERATORS[domain](Storage(context.obj.storage), rows=rows, seed=seed, **kwargs)
-    emit({"domain": domain, "location": generated.location, "files": list(generated.files), "rows": generated.rows},
-         as_json=as_json)
+    generated = GENERATORS[domain](Storage(context.obj.storage), rows=rows, seed=seed, bad_fraction=bad_fraction, **kwargs)
+    emit({"domain": domain, "location": generated.location, "files": list(generated.files), "rows": generated.rows,
+          "bad_records": generated.bad_records}, as_json=as_json)
 
 
 @features_app.command("list")
@@ -91,6 +93,37 @@ def features_list(as_json: bool = JSON_OPTION) -> None:
 
     groups = [{"group": g.ref, "description": g.description, "features": len(g.features)} for g in all_groups()]
     emit(groups, as_json=as_json, human=lambda rows: "\n".join(f"{r['group']:32} {r['description']}" for r in rows))
+
+
+@features_app.command("show")
+def features_show(
+    context: typer.Context,
+    group: str = typer.Argument(..., help="Feature group as name[:version]."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Show a feature group: schema, table version, row counts and the last run's report."""
+    from features.catalog import get_group
+    from features.store import OfflineStore
+    from orchard.storage import Storage
+
+    definition = get_group(group)
+    storage = Storage(context.obj.storage)
+    store = OfflineStore(storage)
+    last_run = f"runs/{definition.name}/v{definition.version}/last.json"
+    result = {
+        "group": definition.ref,
+        "description": definition.description,
+        "primary_key": list(definition.primary_key),
+        "event_time": definition.event_time,
+        "features": [{"name": f.name, "type": str(f.dtype), "description": f.description, "sensitive": f.sensitive}
+                     for f in definition.features],
+        "table": store.table_uri(definition),
+        "table_version": store.table_version(definition),
+        "rows": store.read_table(definition).num_rows if store.exists(definition) else 0,
+        "quarantined_rows": store.read_quarantine(definition).num_rows,
+        "last_run": storage.read_json(last_run) if storage.exists(last_run) else None,
+    }
+    emit(result, as_json=as_json)
 
 
 @features_app.command("run")

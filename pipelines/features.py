@@ -24,10 +24,11 @@ def run(config: OrchardConfig, group_ref: str, *, quiet: bool = False) -> RunRep
 def main(
     group: str = typer.Argument(..., help="Feature group as name[:version]; the newest version if omitted."),
     storage: str = typer.Option(None, "--storage", help="Storage root URI (default: $ORCHARD_STORAGE or ./orchard-data)."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Join this Ray cluster instead of starting a local one."),
     as_json: bool = typer.Option(False, "--json", help="Print the run report as one JSON document."),
 ) -> None:
     """Run the feature pipeline of one feature group."""
-    config = OrchardConfig.from_sources(storage=storage)
+    config = OrchardConfig.from_sources(storage=storage, ray_address=ray_address)
     with stdout_reserved_for_json(as_json):
         report = run(config, group, quiet=as_json)
     emit(report.to_dict(), as_json=as_json)
