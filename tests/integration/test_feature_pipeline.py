@@ -119,3 +119,22 @@ def test_a_run_killed_before_its_commit_leaves_the_table_as_it_was(ray_cluster, 
     quarantine = store.read_quarantine(FRUIT)
     line_rows = quarantine.filter(pc.is_valid(quarantine["line"]))
     assert line_rows.num_rows == 10  # the killed run's quarantine commit is not repeated
+
+
+def test_features_show_reports_rows_quarantine_and_the_last_run(ray_cluster, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchard.cli import app
+
+    storage = Storage(str(tmp_path))
+    write_fruit(storage, rows=100, seed=18, bad_fraction=0.1)
+    report = run_feature_pipeline(storage, FRUIT)
+    result = CliRunner().invoke(app, ["--storage", str(tmp_path), "features", "show", "fruit_measurements", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["rows"], shown["quarantined_rows"]) == (90, 11)
+    assert shown["last_run"]["run_id"] == report.run_id
+    assert shown["last_run"]["rows_quarantined"] == 10
+    assert {f["name"] for f in shown["features"]} >= {"fruit_id", "weight_g", "label"}
