@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,8 +18,14 @@ from tests.helpers import free_port, processes_mentioning
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_serves_version_one_models_and_leaves_no_ray_process(tmp_path):
-    ray_temp = tempfile.mkdtemp(prefix="orchard-demo-ray-", dir="/tmp")
+@pytest.fixture()
+def ray_temp():
+    path = tempfile.mkdtemp(prefix="orchard-demo-ray-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_demo_serves_version_one_models_and_leaves_no_ray_process(tmp_path, ray_temp):
     storage = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "RAY_"))}
     env.update(RAY_TMPDIR=ray_temp, ORCHARD_NUM_CPUS="2")
