@@ -68,7 +68,7 @@ def parse_file(data: bytes, file: SourceFile, source: FileSource, group: Feature
     try:
         raw, lines, rejected = _read_strings(data, source, group)
     except FileUnreadable as error:
-        return _file_rejection(file, group, f"file could not be read as {source.format}: {error}")
+        return _rejections(file, group, [(None, None, f"file could not be read as {source.format}: {error}")])
     rows, reasons = convert(raw, source, group)
     rows = rows.append_column(SOURCE_COLUMN, pa.array([file.path] * rows.num_rows, pa.string()))
     rows = rows.append_column(LINE_COLUMN, pa.array(lines, pa.int64()))
@@ -76,7 +76,8 @@ def parse_file(data: bytes, file: SourceFile, source: FileSource, group: Feature
     rows = rows.append_column(REASON_COLUMN, reasons)
     rows = rows.append_column(RAW_COLUMN, raw.column(RAW_COLUMN))
     if rejected:
-        rows = pa.concat_tables([rows, _line_rejections(file, group, rejected)])
+        rows = pa.concat_tables([rows, _rejections(
+            file, group, [(line, text, f"line could not be parsed: {reason}") for line, text, reason in rejected])])
     return rows.select(bookkeeping_schema(group).names).cast(bookkeeping_schema(group))
 
 
@@ -101,7 +102,7 @@ def _read_strings(data: bytes, source: FileSource, group: FeatureGroup):
 
 def _read_csv(data: bytes, wanted: list[str]):
     text = _decode(data)
-    invalid: list[str] = []
+    invalid: list[tuple[str, str]] = []
 
     def on_invalid(row) -> str:
         invalid.append((row.text, f"expected {row.expected_columns} fields, got {row.actual_columns}"))
@@ -266,19 +267,13 @@ def _cast_each(strings: pa.Array, dtype: pa.DataType) -> tuple[pa.Array, pa.Arra
     return pa.array(results, dtype), pa.array(failed)
 
 
-def _file_rejection(file: SourceFile, group: FeatureGroup, reason: str) -> pa.Table:
-    schema = bookkeeping_schema(group)
-    row = {name: None for name in schema.names}
-    row.update({SOURCE_COLUMN: file.path, ORDER_COLUMN: file.ordinal << 32, REASON_COLUMN: reason, RAW_COLUMN: None})
-    return pa.Table.from_pylist([row], schema=schema)
-
-
-def _line_rejections(file: SourceFile, group: FeatureGroup, rejected: list[tuple[int, str, str]]) -> pa.Table:
+def _rejections(file: SourceFile, group: FeatureGroup, rejected: list[tuple[int | None, str | None, str]]) -> pa.Table:
+    """Rows for records (or, with line None, a whole file) that never reached typed values."""
     schema = bookkeeping_schema(group)
     rows = []
     for line, text, reason in rejected:
-        row = {name: None for name in schema.names}
-        row.update({SOURCE_COLUMN: file.path, LINE_COLUMN: line, ORDER_COLUMN: (file.ordinal << 32) + line,
-                    REASON_COLUMN: f"line could not be parsed: {reason}", RAW_COLUMN: text})
+        row = dict.fromkeys(schema.names)
+        row.update({SOURCE_COLUMN: file.path, LINE_COLUMN: line, ORDER_COLUMN: (file.ordinal << 32) + (line or 0),
+                    REASON_COLUMN: reason, RAW_COLUMN: text})
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=schema)

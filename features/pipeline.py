@@ -62,7 +62,7 @@ def pending_files(storage: Storage, group: FeatureGroup, already: dict[str, str]
             candidate = SourceFile(source.name, entry.path, entry.size, entry.mtime_ns, len(files))
             if candidate.identity not in already:
                 files.append(candidate)
-    return [SourceFile(f.source, f.path, f.size, f.mtime_ns, i) for i, f in enumerate(files)]
+    return files
 
 
 def _parse_batch(batch: dict, storage_uri: str, group: FeatureGroup) -> pa.Table:
