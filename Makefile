@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The stamp holds a hash of pyproject.toml: an edited dependency list reinstalls, an unchanged one skips.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench.bench_weekly_vacancy $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) orchard-data .pytest_cache

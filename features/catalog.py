@@ -6,7 +6,7 @@ import importlib
 
 from features.definitions import FeatureGroup
 
-DOMAIN_MODULES = ("features.fruit",)
+DOMAIN_MODULES = ("features.fruit", "features.surf", "features.hotel")
 
 
 def all_groups() -> list[FeatureGroup]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import pyarrow as pa
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 EVENT_TIME_TYPE = pa.timestamp("us", tz="UTC")
+EVENT_DATE_COLUMN = "event_date"
 
 
 class DefinitionError(ValueError):
@@ -29,6 +31,8 @@ class Feature:
     min_value: float | None = None
     max_value: float | None = None
     allowed_values: tuple[str, ...] | None = None
+    computed: bool = False
+    """Not read from sources: the group's `compute` function derives it from the other columns."""
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
@@ -58,6 +62,64 @@ class FileSource:
 
 
 @dataclass(frozen=True)
+class SqlSource:
+    """Rows of one SQL table, read incrementally past a watermark column.
+
+    `database` names a connection, not an address: its URL comes from the
+    environment variable ORCHARD_SQL_<DATABASE> (so no password sits in code),
+    and defaults to an embedded SQLite file `landing/<database>.sqlite` under a
+    local storage root. Rows whose `watermark` is above the checkpoint's are new;
+    the column must grow for every inserted or changed row (an insertion
+    sequence or an update timestamp). `row_id` identifies a row in the
+    quarantine table, as a line number does for a file.
+    """
+
+    name: str
+    database: str
+    table: str
+    watermark: str
+    row_id: str
+    columns: Mapping[str, str] = field(default_factory=dict)
+    scale: Mapping[str, float] = field(default_factory=dict)
+    format: Literal["sql"] = "sql"
+
+    def __post_init__(self) -> None:
+        for label, value in (("database", self.database), ("table", self.table), ("watermark", self.watermark),
+                             ("row_id", self.row_id), *(("column", c) for c in self.columns.values())):
+            if not SQL_IDENTIFIER.match(value):
+                raise DefinitionError(f"SQL source {self.name!r}: {label} {value!r} is not a plain SQL identifier")
+
+    def source_column(self, feature: str) -> str:
+        return self.columns.get(feature, feature)
+
+    @property
+    def label(self) -> str:
+        """How quarantine rows name this source: database and table, never the URL."""
+        return f"sql:{self.database}.{self.table}"
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A feature group computed from the new rows of another group, per key, incrementally.
+
+    `partial` reduces one Arrow block of upstream rows to per-key partial
+    totals (map side, so blocks shrink before anything moves); `combine` merges
+    partial rows that share a key and must be associative, so the table's
+    previous totals merge with a run's new ones; `finish` turns totals into the
+    group's feature columns. A `reducer` (fit/transform with to_json/from_json)
+    is fitted on the totals of the first run, stored as JSON with the group
+    version, and passed to `finish` on every run after.
+    """
+
+    upstream: "FeatureGroup"
+    partial: Callable[[pa.Table], pa.Table]
+    combine: Callable[[pa.Table], pa.Table]
+    finish: Callable[..., pa.Table]
+    reducer: Callable[[], Any] | None = None
+    reducer_from_json: Callable[[str], Any] | None = None
+
+
+@dataclass(frozen=True)
 class FeatureGroup:
     name: str
     version: int
@@ -66,7 +128,14 @@ class FeatureGroup:
     event_time: str
     features: tuple[Feature, ...]
     """Every column of the table, key and event time included."""
-    sources: tuple[FileSource, ...] = ()
+    sources: tuple[FileSource | SqlSource, ...] = ()
+    compute: Callable[[pa.Table], pa.Table] | None = None
+    """Fills the `computed` features from the others (runs after conversion, before expectations)."""
+    aggregation: Aggregation | None = None
+    """Set for a group computed from another group instead of read from sources."""
+    partition_by_event_date: bool = False
+    """Store the table in one folder per UTC event date: worth it for long event streams, where a run's
+    duplicate check then reads only the dates the run touches; not for small dimension tables."""
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
@@ -82,6 +151,36 @@ class FeatureGroup:
                 raise DefinitionError(f"feature group {self.name!r}: key column {column!r} is not a feature")
         if self.feature(self.event_time).dtype != EVENT_TIME_TYPE:
             raise DefinitionError(f"feature group {self.name!r}: event time must be {EVENT_TIME_TYPE}")
+        if bool(self.sources) == (self.aggregation is not None):
+            raise DefinitionError(f"feature group {self.name!r} needs either sources or an aggregation, not both")
+        if any(f.computed for f in self.features) and self.compute is None:
+            raise DefinitionError(f"feature group {self.name!r} has computed features but no compute function")
+        if EVENT_DATE_COLUMN in names:
+            raise DefinitionError(f"feature group {self.name!r}: {EVENT_DATE_COLUMN!r} is reserved for partitioning")
+        names_seen = [s.name for s in self.sources]
+        if len(set(names_seen)) != len(names_seen):
+            raise DefinitionError(f"feature group {self.name!r}: source names must be unique")
+
+    @property
+    def partition_columns(self) -> tuple[str, ...]:
+        return (EVENT_DATE_COLUMN,) if self.partition_by_event_date else ()
+
+    @property
+    def table_schema(self) -> pa.Schema:
+        """The stored table's schema: the features, then the partition column if any."""
+        if not self.partition_by_event_date:
+            return self.schema
+        return self.schema.append(pa.field(EVENT_DATE_COLUMN, pa.date32(), nullable=False,
+                                           metadata={"description": "UTC date of the event time (partition)."}))
+
+    @property
+    def read_features(self) -> tuple[Feature, ...]:
+        """The features that sources provide (all but the computed ones)."""
+        return tuple(f for f in self.features if not f.computed)
+
+    @property
+    def sensitive_features(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features if f.sensitive)
 
     @property
     def ref(self) -> str:

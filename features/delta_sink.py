@@ -30,13 +30,17 @@ def crash_point(name: str) -> None:
 
 
 class DeltaCommitSink(Datasink):
+    """Appends a dataset to a Delta table in one commit; `partition_by` names date or string columns
+    whose values become hive-style folders (`event_date=2026-01-01/`), as Delta expects."""
+
     def __init__(self, table_uri: str, schema: pa.Schema, commit_metadata: dict[str, str] | None = None,
-                 name: str | None = None, crash_name: str | None = None):
+                 name: str | None = None, crash_name: str | None = None, partition_by: tuple[str, ...] = ()):
         self.table_uri = table_uri
         self.schema = schema
         self.commit_metadata = dict(commit_metadata or {})
         self.name = name
         self.crash_name = crash_name
+        self.partition_by = tuple(partition_by)
         self.files_committed = 0
 
     def write(self, blocks: Iterable[Block], ctx) -> list[dict]:
@@ -48,16 +52,21 @@ class DeltaCommitSink(Datasink):
             if table.num_rows == 0:
                 continue
             table = table.select(self.schema.names).cast(self.schema)
-            file_name = f"part-{uuid.uuid4().hex}.parquet"
-            path = posixpath.join(root, file_name)
-            pq.write_table(table, path, filesystem=fs)
-            info = fs.get_file_info(path)
-            written.append({
-                "path": file_name,
-                "size": info.size,
-                "modification_time": int((info.mtime_ns or 0) // 1_000_000),
-                "num_records": table.num_rows,
-            })
+            for values, part in _split_by(table, self.partition_by):
+                folder = "/".join(f"{column}={value}" for column, value in values.items())
+                file_name = posixpath.join(folder, f"part-{uuid.uuid4().hex}.parquet") if folder \
+                    else f"part-{uuid.uuid4().hex}.parquet"
+                path = posixpath.join(root, file_name)
+                fs.create_dir(posixpath.dirname(path), recursive=True)
+                pq.write_table(part, path, filesystem=fs)
+                info = fs.get_file_info(path)
+                written.append({
+                    "path": file_name,
+                    "size": info.size,
+                    "modification_time": int((info.mtime_ns or 0) // 1_000_000),
+                    "num_records": part.num_rows,
+                    "partition_values": values,
+                })
         return written
 
     def on_write_complete(self, write_result) -> None:
@@ -66,7 +75,8 @@ class DeltaCommitSink(Datasink):
 
         files = [item for result in write_result.write_returns if result for item in result]
         actions = [
-            AddAction(f["path"], f["size"], {}, f["modification_time"], True, json.dumps({"numRecords": f["num_records"]}))
+            AddAction(f["path"], f["size"], f["partition_values"], f["modification_time"], True,
+                      json.dumps({"numRecords": f["num_records"]}))
             for f in files
         ]
         if self.crash_name:
@@ -79,6 +89,27 @@ class DeltaCommitSink(Datasink):
         else:
             create_table_with_add_actions(
                 self.table_uri, Schema.from_arrow(self.schema), actions, mode="error",
-                name=self.name, commit_properties=properties,
+                partition_by=list(self.partition_by) or None, name=self.name, commit_properties=properties,
             )
         self.files_committed = len(actions)
+
+
+def _split_by(table: pa.Table, columns: tuple[str, ...]):
+    """(partition values as text, rows without the partition columns) per distinct value combination.
+
+    Delta keeps partition values in the log, not in the data files.
+    """
+    if not columns:
+        yield {}, table
+        return
+    import pyarrow.compute as pc
+
+    if any(table.column(c).null_count for c in columns):
+        raise ValueError(f"partition column(s) {', '.join(columns)} must not be null")
+    keys = table.select(list(columns)).group_by(list(columns)).aggregate([])
+    for row in keys.to_pylist():
+        mask = None
+        for column, value in row.items():
+            match = pc.equal(table.column(column), pa.scalar(value, table.schema.field(column).type))
+            mask = match if mask is None else pc.and_(mask, match)
+        yield {c: str(v) for c, v in row.items()}, table.filter(mask).drop_columns(list(columns))

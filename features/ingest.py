@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features.definitions import EVENT_TIME_TYPE, FeatureGroup, FileSource
+from features.definitions import EVENT_TIME_TYPE, FeatureGroup, FileSource, SqlSource
 from features.validation import check_expectations
 
 # Bookkeeping columns every parsed row carries next to the group's own columns.
@@ -27,6 +27,7 @@ SOURCE_COLUMN, LINE_COLUMN, ORDER_COLUMN, REASON_COLUMN, RAW_COLUMN = "_source",
 
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 _INTEGER = r"^\s*[-+]?\d+\s*$"
+_DATE = r"^\d{4}-\d{2}-\d{2}$"
 _TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?\s*(Z|z|[+-]\d{2}:?\d{2})?$"
 
 
@@ -39,7 +40,7 @@ class SourceFile:
     size: int
     mtime_ns: int
     ordinal: int
-    """Position of the file in this run; orders rows by ingestion."""
+    """Position of the file in this run; rows are ordered by (ordinal << 40) + line."""
 
     @property
     def identity(self) -> str:
@@ -72,7 +73,7 @@ def parse_file(data: bytes, file: SourceFile, source: FileSource, group: Feature
     rows, reasons = convert(raw, source, group)
     rows = rows.append_column(SOURCE_COLUMN, pa.array([file.path] * rows.num_rows, pa.string()))
     rows = rows.append_column(LINE_COLUMN, pa.array(lines, pa.int64()))
-    rows = rows.append_column(ORDER_COLUMN, pc.add(pa.array(lines, pa.int64()), file.ordinal << 32))
+    rows = rows.append_column(ORDER_COLUMN, pc.add(pa.array(lines, pa.int64()), file.ordinal << 40))
     rows = rows.append_column(REASON_COLUMN, reasons)
     rows = rows.append_column(RAW_COLUMN, raw.column(RAW_COLUMN))
     if rejected:
@@ -90,7 +91,7 @@ def _decode(data: bytes) -> str:
 
 def _read_strings(data: bytes, source: FileSource, group: FeatureGroup):
     """(table of raw strings per feature + _reason + _raw, line numbers, [(line, text, reason)])."""
-    wanted = [source.source_column(f.name) for f in group.features]
+    wanted = [source.source_column(f.name) for f in group.read_features]
     if source.format == "csv":
         return _read_csv(data, wanted)
     if source.format == "jsonl":
@@ -189,14 +190,37 @@ def _read_parquet(data: bytes, wanted: list[str]):
     missing = [name for name in wanted if name not in table.column_names]
     if missing:
         raise FileUnreadable(f"lacks column(s) {', '.join(missing)}")
-    columns = {}
-    for name in wanted:
-        column = table.column(name)
-        columns[name] = pc.cast(column, pa.string())
-    strings = pa.table(columns)
+    return _as_strings(table, wanted), list(range(1, table.num_rows + 1)), []
+
+
+def _as_strings(table: pa.Table, wanted: list[str]) -> pa.Table:
+    """Typed columns as text, so typed sources pass the same conversion and checks as text files."""
+    strings = pa.table({name: pc.cast(table.column(name), pa.string()) for name in dict.fromkeys(wanted)})
+    raw_text = _rows_as_text(strings)
     strings = strings.append_column(REASON_COLUMN, pa.nulls(table.num_rows, pa.string()))
-    strings = strings.append_column(RAW_COLUMN, _rows_as_text(strings.select(wanted)))
-    return strings, list(range(1, table.num_rows + 1)), []
+    return strings.append_column(RAW_COLUMN, raw_text)
+
+
+def parse_sql_rows(rows: pa.Table, source: SqlSource, group: FeatureGroup, ordinal: int) -> pa.Table:
+    """One block of rows read from a SQL source as rows of `bookkeeping_schema(group)`.
+
+    The row id takes the place of a line number; ordering is by source, then row id.
+    """
+    wanted = [source.source_column(f.name) for f in group.read_features]
+    raw = _as_strings(rows, wanted)
+    typed, reasons = convert(raw, source, group)
+    try:
+        row_ids = pc.cast(rows.column(source.row_id), pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise ValueError(f"SQL source {source.name!r}: row id column {source.row_id!r} must hold integers") from None
+    if pc.max(row_ids).as_py() is not None and pc.max(row_ids).as_py() >= 1 << 40:
+        raise ValueError(f"SQL source {source.name!r}: row ids must stay below 2**40")
+    typed = typed.append_column(SOURCE_COLUMN, pa.array([source.label] * rows.num_rows, pa.string()))
+    typed = typed.append_column(LINE_COLUMN, row_ids)
+    typed = typed.append_column(ORDER_COLUMN, pc.add(row_ids, pa.scalar(ordinal << 40, pa.int64())))
+    typed = typed.append_column(REASON_COLUMN, reasons)
+    typed = typed.append_column(RAW_COLUMN, raw.column(RAW_COLUMN))
+    return typed.select(bookkeeping_schema(group).names).cast(bookkeeping_schema(group))
 
 
 def _first_reason(current: pa.Array, failed: pa.Array, message: pa.Array | str) -> pa.Array:
@@ -208,11 +232,11 @@ def _quoted(prefix: str, values: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pc.fill_null(values, ""), "'", "")
 
 
-def convert(raw: pa.Table, source: FileSource, group: FeatureGroup) -> tuple[pa.Table, pa.Array]:
+def convert(raw: pa.Table, source: FileSource | SqlSource, group: FeatureGroup) -> tuple[pa.Table, pa.Array]:
     """Raw strings -> (the group's columns in its types and units, each row's rejection reason or null)."""
     reason = raw.column(REASON_COLUMN).combine_chunks()
     converted = []
-    for feature in group.features:
+    for feature in group.read_features:
         strings = pc.utf8_trim_whitespace(raw.column(source.source_column(feature.name)).combine_chunks())
         strings = pc.if_else(pc.equal(strings, ""), pa.scalar(None, pa.string()), strings)
         kind, pattern = _kind(feature.dtype)
@@ -227,8 +251,18 @@ def convert(raw: pa.Table, source: FileSource, group: FeatureGroup) -> tuple[pa.
         if feature.name in source.scale:
             values = pc.multiply(values, pa.scalar(source.scale[feature.name], feature.dtype))
         converted.append(values)
-    table = pa.Table.from_arrays(converted, names=group.schema.names)
-    return table, check_expectations(table, group, reason)
+    table = pa.Table.from_arrays(converted, names=[f.name for f in group.read_features])
+    reason = check_expectations(table, group, reason, features=group.read_features)
+    if group.compute is not None:
+        computed = group.compute(table)
+        if REASON_COLUMN in computed.column_names:
+            rejected = computed.column(REASON_COLUMN).combine_chunks()
+            reason = _first_reason(reason, pc.is_valid(rejected), rejected)
+        for feature in group.features:
+            if feature.computed:
+                table = table.append_column(feature.name, computed.column(feature.name).cast(feature.dtype))
+        reason = check_expectations(table, group, reason, features=[f for f in group.features if f.computed])
+    return table.select(group.schema.names), reason
 
 
 def _kind(dtype: pa.DataType) -> tuple[str, str | None]:
@@ -238,6 +272,8 @@ def _kind(dtype: pa.DataType) -> tuple[str, str | None]:
         return "an integer", _INTEGER
     if pa.types.is_timestamp(dtype):
         return "a timestamp", _TIMESTAMP
+    if pa.types.is_date(dtype):
+        return "a date (YYYY-MM-DD)", _DATE
     if pa.types.is_boolean(dtype):
         return "true or false", r"(?i)^(true|false|1|0)$"
     return "text", None
@@ -273,7 +309,7 @@ def _rejections(file: SourceFile, group: FeatureGroup, rejected: list[tuple[int 
     rows = []
     for line, text, reason in rejected:
         row = dict.fromkeys(schema.names)
-        row.update({SOURCE_COLUMN: file.path, LINE_COLUMN: line, ORDER_COLUMN: (file.ordinal << 32) + (line or 0),
+        row.update({SOURCE_COLUMN: file.path, LINE_COLUMN: line, ORDER_COLUMN: (file.ordinal << 40) + (line or 0),
                     REASON_COLUMN: reason, RAW_COLUMN: text})
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=schema)

@@ -1,16 +1,18 @@
-"""The feature pipeline: new raw files -> validated, deduplicated rows -> one offline-store commit.
+"""The feature pipeline: new raw data -> validated, deduplicated rows -> one offline-store commit.
 
 A run
-1. lists the group's source files and keeps those the table's checkpoint does not hold;
-2. parses them on Ray Data, one task per file, keeping every record as a row
-   that is either valid or carries the reason it was rejected;
+1. lists the group's source files and keeps those the table's checkpoint does
+   not hold, and for each SQL source the rows past its watermark (up to the
+   largest watermark at the start of the run);
+2. parses them on Ray Data, one task per file or SQL read, keeping every record
+   as a row that is either valid or carries the reason it was rejected;
 3. drops rows whose primary key + event time the table (or an earlier row of
    this run) already holds;
 4. commits rejected rows to the quarantine table, then valid rows and the new
    checkpoint to the feature table in one Delta commit.
 A run that dies before step 4's last commit leaves the table as it was; the next
-run sees the same files as new and, since quarantine rows are keyed by source
-file, adds nothing twice.
+run removes the dead run's quarantine rows, reads the same input again, and so
+adds nothing twice and loses nothing.
 """
 
 from __future__ import annotations
@@ -20,22 +22,21 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from typing import Any, Mapping
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.definitions import FeatureGroup
+from features.definitions import FeatureGroup, FileSource, SqlSource
 from features.delta_sink import DeltaCommitSink
 from features.ingest import (LINE_COLUMN, ORDER_COLUMN, RAW_COLUMN, REASON_COLUMN, SOURCE_COLUMN, SourceFile,
-                             bookkeeping_schema, parse_file)
-from features.store import QUARANTINE_SCHEMA, OfflineStore
+                             bookkeeping_schema, parse_file, parse_sql_rows)
+from features.sql import Database, decode_watermark, encode_watermark, incremental_query, newest_watermark, resolve_database
+from features.store import QUARANTINE_SCHEMA, RUN_ID_KEY, Checkpoint, OfflineStore
 from orchard.storage import Storage
 
 log = logging.getLogger(__name__)
-
-_EXISTING = "_existing"
-
 
 @dataclass(frozen=True)
 class RunReport:
@@ -49,6 +50,10 @@ class RunReport:
     rows_duplicate: int
     table_version: int | None
     seconds: float
+    sql_sources_read: int = 0
+    kind: str = "ingest"
+    """"ingest" (sources -> rows; rows_read = written + quarantined + duplicate) or "aggregation"
+    (rows_read upstream rows folded into rows_written per-key totals)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +63,8 @@ def pending_files(storage: Storage, group: FeatureGroup, already: dict[str, str]
     """Source files not yet in the table, in a stable order (source, then path)."""
     files = []
     for source in group.sources:
+        if not isinstance(source, FileSource):
+            continue
         for entry in storage.find_files(source.location, source.pattern):
             candidate = SourceFile(source.name, entry.path, entry.size, entry.mtime_ns, len(files))
             if candidate.identity not in already:
@@ -77,36 +84,88 @@ def _parse_batch(batch: dict, storage_uri: str, group: FeatureGroup) -> pa.Table
     return pa.concat_tables(tables)
 
 
-def _keep_first_new_rows(block: pd.DataFrame, key_columns: list[str]) -> pd.DataFrame:
-    """Within one hash partition: the first row per key + event time, if the table does not hold it yet."""
-    block = block.sort_values([*key_columns, ORDER_COLUMN], kind="stable")
-    first = ~block.duplicated(subset=key_columns, keep="first")
-    keep = first & ~block[_EXISTING].astype(bool)
-    return block[keep].drop(columns=[_EXISTING])
+def _split_rows(table: pa.Table, key_columns: list[str], buckets: int) -> list[pa.Table]:
+    """Split rows by a hash of their key + event time, so equal keys meet in the same bucket."""
+    if table.num_rows == 0:
+        return [table] * buckets
+    hashes = pd.util.hash_pandas_object(table.select(key_columns).to_pandas(), index=False).to_numpy()
+    bucket = pa.array(hashes % buckets)
+    return [table.filter(pc.equal(bucket, b)) for b in range(buckets)]
+
+
+def _keep_first_new_rows(key_columns: list[str], schema: pa.Schema, new_count: int, *parts: pa.Table) -> pa.Table:
+    """One bucket: the first row (in ingestion order) per key + event time, unless the table holds it already."""
+    new = pa.concat_tables([p.cast(schema) for p in parts[:new_count]]) if new_count else schema.empty_table()
+    existing = [p for p in parts[new_count:] if p.num_rows]
+    if new.num_rows == 0:
+        return new
+    new = new.sort_by([(c, "ascending") for c in [*key_columns, ORDER_COLUMN]])
+    first = pa.array(~new.select(key_columns).to_pandas().duplicated(keep="first").to_numpy())
+    new = new.filter(first)
+    if existing:
+        new = new.join(pa.concat_tables(existing).select(key_columns), keys=key_columns, join_type="left anti")
+    return new.select(schema.names)
 
 
 def _deduplicate(valid, store: OfflineStore, group: FeatureGroup):
+    """Rows of `valid` whose key + event time neither an earlier row of this run nor the table holds.
+
+    A hash exchange on Ray tasks: every block splits into one part per bucket,
+    every bucket is deduplicated by one task. Only key columns of the table move.
+    """
     import ray
+    import ray.data
 
     key_columns = [*group.primary_key, group.event_time]
     schema = bookkeeping_schema(group)
-    new_rows = valid.map_batches(
-        lambda t: t.append_column(_EXISTING, pa.array([False] * t.num_rows)), batch_format="pyarrow"
-    )
-    combined = new_rows
-    if store.exists(group):
-        def as_marker(t: pa.Table) -> pa.Table:
-            columns = {name: (t.column(name) if name in key_columns else pa.nulls(t.num_rows, schema.field(name).type))
-                       for name in schema.names}
-            columns[ORDER_COLUMN] = pa.array([-1] * t.num_rows, pa.int64())
-            return pa.table(columns, schema=schema).append_column(_EXISTING, pa.array([True] * t.num_rows))
+    buckets = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    split = ray.remote(_split_rows).options(num_returns=buckets) if buckets > 1 else ray.remote(_split_rows)
 
-        existing = store.read(group, columns=key_columns).map_batches(as_marker, batch_format="pyarrow")
-        combined = combined.union(existing)
-    partitions = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return combined.repartition(partitions, keys=key_columns).map_batches(
-        _keep_first_new_rows, fn_kwargs={"key_columns": key_columns}, batch_format="pandas", batch_size=None
-    )
+    def parts_of(refs) -> list[list]:
+        outputs = [split.remote(ref, key_columns, buckets) for ref in refs]
+        return [[out[b] for out in outputs] if buckets > 1 else outputs for b in range(buckets)]
+
+    new_refs = valid.to_arrow_refs()
+    new_parts = parts_of(new_refs)
+    existing_parts = parts_of(_existing_keys(store, group, new_refs).to_arrow_refs()) if store.exists(group) \
+        else [[] for _ in range(buckets)]
+    keep = ray.remote(_keep_first_new_rows)
+    unique = [keep.remote(key_columns, schema, len(new_parts[b]), *new_parts[b], *existing_parts[b])
+              for b in range(buckets)]
+    return ray.data.from_arrow_refs(unique)
+
+
+def _event_dates(table: pa.Table, event_time: str) -> pa.Array:
+    return pc.unique(pc.cast(table.column(event_time), pa.date32()))
+
+
+def _existing_keys(store: OfflineStore, group: FeatureGroup, new_refs: list):
+    """Key + event time of the table's rows; of a partitioned table, only on the event dates this run has."""
+    import ray
+    import ray.data
+
+    key_columns = [*group.primary_key, group.event_time]
+    if not group.partition_by_event_date:
+        return store.read(group, columns=key_columns)
+    from deltalake import DeltaTable
+
+    dates_of = ray.remote(_event_dates)
+    dates = sorted(set().union(*(ray.get(dates_of.remote(ref, group.event_time)).to_pylist() for ref in new_refs)))
+    (partition,) = group.partition_columns
+    files = DeltaTable(store.table_uri(group)).file_uris(
+        partition_filters=[(partition, "in", [d.isoformat() for d in dates])]) if dates else []
+    if not files:
+        return ray.data.from_arrow(group.schema.empty_table().select(key_columns))
+    return ray.data.read_parquet(files, columns=key_columns)
+
+
+def with_partition_columns(table: pa.Table, group: FeatureGroup) -> pa.Table:
+    """The group's rows as stored: with the UTC event date when the table is partitioned by it."""
+    table = table.select(group.schema.names)
+    if group.partition_by_event_date:
+        (partition,) = group.partition_columns
+        table = table.append_column(partition, pc.cast(table.column(group.event_time), pa.date32()))
+    return table
 
 
 def _quarantine_rows(rejected: pa.Table, run_id: str, now: datetime) -> pa.Table:
@@ -120,14 +179,66 @@ def _quarantine_rows(rejected: pa.Table, run_id: str, now: datetime) -> pa.Table
     }, schema=QUARANTINE_SCHEMA)
 
 
-def run_feature_pipeline(storage: Storage, group: FeatureGroup) -> RunReport:
+@dataclass(frozen=True)
+class _SqlRead:
+    source: SqlSource
+    database: Database
+    since: Any
+    upper: Any
+    ordinal: int
+
+
+def pending_sql_reads(storage: Storage, group: FeatureGroup, checkpoint: Checkpoint,
+                      databases: Mapping[str, str], first_ordinal: int) -> list[_SqlRead]:
+    """SQL sources with rows past their watermark, each with the bound this run reads up to."""
+    reads = []
+    for source in group.sources:
+        if not isinstance(source, SqlSource):
+            continue
+        database = resolve_database(source.database, databases, storage)
+        upper = newest_watermark(database, source)
+        since = decode_watermark(checkpoint.watermarks[source.name]) if source.name in checkpoint.watermarks else None
+        if upper is not None and (since is None or upper > since):
+            reads.append(_SqlRead(source, database, since, upper, first_ordinal + len(reads)))
+    return reads
+
+
+def _read_sql(read: _SqlRead, group: FeatureGroup):
+    import ray.data
+
+    columns = [read.source.source_column(f.name) for f in group.read_features]
+    query, params = incremental_query(read.database, read.source, columns, read.since)
+    # One read task per source (Ray would otherwise split its output into ~200 tiny blocks); big reads are
+    # still cut into blocks of Ray Data's target size.
+    return ray.data.read_sql(query, read.database.connection_factory(), sql_params=(*params, read.upper),
+                             override_num_blocks=1).map_batches(
+        parse_sql_rows, fn_kwargs={"source": read.source, "group": group, "ordinal": read.ordinal},
+        batch_format="pyarrow", batch_size=None,
+    )
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def run_feature_pipeline(storage: Storage, group: FeatureGroup, databases: Mapping[str, str] | None = None) -> RunReport:
+    """One incremental run of a group's pipeline: its new source data, or for an aggregation, its upstream's."""
+    if group.aggregation is not None:
+        from features.aggregation_pipeline import run_aggregation
+
+        return run_aggregation(storage, group)
     import ray.data
 
     started = time.perf_counter()
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     store = OfflineStore(storage)
+    discarded = store.discard_orphan_quarantine(group)
+    if discarded:
+        log.warning("%s: removed quarantine rows of interrupted run(s) %s; their input is read again",
+                    group.ref, ", ".join(discarded))
     checkpoint = store.checkpoint(group)
     files = pending_files(storage, group, checkpoint.files)
+    sql_reads = pending_sql_reads(storage, group, checkpoint, databases or {}, first_ordinal=len(files))
 
     def report(**counts) -> RunReport:
         defaults = dict(files_read=0, files_quarantined=0, rows_read=0, rows_written=0, rows_quarantined=0,
@@ -137,14 +248,17 @@ def run_feature_pipeline(storage: Storage, group: FeatureGroup) -> RunReport:
         assert result.rows_read == result.rows_written + result.rows_quarantined + result.rows_duplicate, result
         return result
 
-    if not files:
-        log.info("%s: no new source files", group.ref)
+    if not files and not sql_reads:
+        log.info("%s: no new source data", group.ref)
         return _record(storage, store, group, report())
 
-    parsed = ray.data.from_items([asdict(f) for f in files], override_num_blocks=len(files)).map_batches(
-        _parse_batch, fn_kwargs={"storage_uri": storage.root_uri, "group": group}, batch_size=1,
-        batch_format="numpy",
-    ).materialize()
+    inputs = [_read_sql(read, group) for read in sql_reads]
+    if files:
+        inputs.insert(0, ray.data.from_items([asdict(f) for f in files], override_num_blocks=len(files)).map_batches(
+            _parse_batch, fn_kwargs={"storage_uri": storage.root_uri, "group": group}, batch_size=1,
+            batch_format="numpy",
+        ))
+    parsed = (inputs[0].union(*inputs[1:]) if len(inputs) > 1 else inputs[0]).materialize()
     valid = parsed.map_batches(lambda t: t.filter(pc.is_null(t[REASON_COLUMN])), batch_format="pyarrow").materialize()
     rejected = parsed.map_batches(lambda t: t.filter(pc.is_valid(t[REASON_COLUMN])), batch_format="pyarrow")
     unique = _deduplicate(valid, store, group).materialize()
@@ -152,27 +266,25 @@ def run_feature_pipeline(storage: Storage, group: FeatureGroup) -> RunReport:
     rows_rejected = parsed.count() - rows_valid
     files_unreadable = rejected.map_batches(lambda t: t.filter(pc.is_null(t[LINE_COLUMN])), batch_format="pyarrow").count()
 
-    # Quarantine first; rows of files that an interrupted earlier run already quarantined are not added again.
+    # Quarantine first, feature rows and checkpoint last: see discard_orphan_quarantine.
     if rows_rejected:
-        already = pa.array(sorted(set(store.read_quarantine(group).column("source").to_pylist())), pa.string())
         now = datetime.now(timezone.utc)
-        rejected.map_batches(
-            lambda t: _quarantine_rows(t.filter(pc.invert(pc.is_in(t[SOURCE_COLUMN], value_set=already))), run_id, now),
-            batch_format="pyarrow",
-        ).write_datasink(
-            DeltaCommitSink(store.quarantine_uri(group), QUARANTINE_SCHEMA, {"orchard.run_id": run_id},
+        rejected.map_batches(lambda t: _quarantine_rows(t, run_id, now), batch_format="pyarrow").write_datasink(
+            DeltaCommitSink(store.quarantine_uri(group), QUARANTINE_SCHEMA, {RUN_ID_KEY: run_id},
                             name=f"{group.name}_quarantine")
         )
 
     for f in files:
         checkpoint.files[f.identity] = f.path
+    for read in sql_reads:
+        checkpoint.watermarks[read.source.name] = encode_watermark(read.upper)
     metadata = store.stage_checkpoint(group, checkpoint, run_id)
-    unique.write_datasink(
-        DeltaCommitSink(store.table_uri(group), group.schema, metadata, name=group.name,
-                        crash_name="before_feature_commit")
+    unique.map_batches(with_partition_columns, fn_kwargs={"group": group}, batch_format="pyarrow").write_datasink(
+        DeltaCommitSink(store.table_uri(group), group.table_schema, metadata, name=group.name,
+                        crash_name="before_feature_commit", partition_by=group.partition_columns)
     )
     return _record(storage, store, group, report(
-        files_read=len(files), files_quarantined=files_unreadable,
+        files_read=len(files), sql_sources_read=len(sql_reads), files_quarantined=files_unreadable,
         rows_read=rows_valid + rows_rejected - files_unreadable, rows_written=rows_written,
         rows_quarantined=rows_rejected - files_unreadable, rows_duplicate=rows_valid - rows_written,
     ))
@@ -181,6 +293,7 @@ def run_feature_pipeline(storage: Storage, group: FeatureGroup) -> RunReport:
 def _record(storage: Storage, store: OfflineStore, group: FeatureGroup, report: RunReport) -> RunReport:
     """Keep every run's report next to the table; `last.json` is the newest."""
     base = f"runs/{group.name}/v{group.version}"
-    storage.write_json(f"{base}/{report.run_id}.json", report.to_dict())
+    if report.rows_read or report.files_read:  # a --follow loop polls often; empty runs only update last.json
+        storage.write_json(f"{base}/{report.run_id}.json", report.to_dict())
     storage.write_json(f"{base}/last.json", report.to_dict())
     return report

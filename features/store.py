@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import ray.data
 
 CHECKPOINT_KEY = "orchard.checkpoint"
+RUN_ID_KEY = "orchard.run_id"
+DISCARDED_KEY = "orchard.discarded_runs"
 
 QUARANTINE_SCHEMA = pa.schema([
     pa.field("source", pa.string()),
@@ -87,7 +89,57 @@ class OfflineStore:
         """Write the checkpoint file; it counts only once a commit names it (the returned metadata)."""
         name = f"checkpoint-{run_id}.json"
         self.storage.write_bytes(f"{self.table_location(group)}/_orchard/{name}", checkpoint.to_json().encode())
-        return {CHECKPOINT_KEY: name, "orchard.run_id": run_id}
+        return {CHECKPOINT_KEY: name, RUN_ID_KEY: run_id}
+
+    def discard_orphan_quarantine(self, group: FeatureGroup) -> list[str]:
+        """Delete quarantine rows of runs that died before their feature commit.
+
+        A run commits its quarantine rows first and its feature rows (with the
+        checkpoint) last; if it dies in between, the next run reads the same
+        input again and would quarantine the same records twice. Returns the
+        run ids whose rows were removed.
+        """
+        if not self.quarantine_exists(group):
+            return []
+        from deltalake import DeltaTable
+        from deltalake.transaction import CommitProperties
+
+        quarantine = DeltaTable(self.quarantine_uri(group))
+        quarantined, settled = set(), set()
+        for commit in quarantine.history():
+            if RUN_ID_KEY in commit:
+                quarantined.add(commit[RUN_ID_KEY])
+            settled.update(json.loads(commit.get(DISCARDED_KEY, "[]")))
+        if self.exists(group):
+            settled.update(c[RUN_ID_KEY] for c in DeltaTable(self.table_uri(group)).history() if RUN_ID_KEY in c)
+        orphans = sorted(quarantined - settled)
+        if orphans:
+            listed = ", ".join(f"'{run}'" for run in orphans)  # run ids are generated: digits, letters, '-'
+            quarantine.delete(f"run_id IN ({listed})",
+                              commit_properties=CommitProperties(custom_metadata={DISCARDED_KEY: json.dumps(orphans)}))
+        return orphans
+
+    # -- aggregations -----------------------------------------------------------------
+    def files_added(self, group: FeatureGroup, since: int | None, until: int) -> list[str]:
+        """URIs of the data files that table versions (since, until] added.
+
+        Feature tables are append-only, so these files hold exactly the new rows;
+        a table rewritten in between (files removed) is refused rather than misread.
+        """
+        from deltalake import DeltaTable
+
+        current = set(DeltaTable(self.table_uri(group), version=until).file_uris())
+        if since is None:
+            return sorted(current)
+        previous = set(DeltaTable(self.table_uri(group), version=since).file_uris())
+        if not previous <= current:
+            raise RuntimeError(
+                f"feature table {group.ref} was rewritten between versions {since} and {until}; "
+                "aggregations over it must be rebuilt as a new group version")
+        return sorted(current - previous)
+
+    def reducer_location(self, group: FeatureGroup) -> str:
+        return f"{self.table_location(group)}/_orchard/reducer.json"
 
     # -- reads -------------------------------------------------------------------------
     def table_version(self, group: FeatureGroup) -> int | None:

@@ -76,6 +76,29 @@ def next_slice(storage: Storage, location: str) -> int:
     return max(days, default=0) + 1
 
 
+@dataclass(frozen=True)
+class Day:
+    """The day a generator call writes: its number, start time, folder name and random stream."""
+
+    number: int
+    start: datetime
+    rng: np.random.Generator
+
+    @property
+    def folder(self) -> str:
+        return f"day-{self.number:04d}"
+
+
+def begin_day(storage: Storage, days_location: str, rows: int, seed: int, bad_fraction: float) -> Day:
+    """Check a generator's arguments and find the next day after the folders under `days_location`."""
+    if not 0.0 <= bad_fraction <= 1.0:
+        raise ValueError(f"bad_fraction must be between 0 and 1, got {bad_fraction}")
+    if rows < 1:
+        raise ValueError(f"rows must be at least 1, got {rows}")
+    number = next_slice(storage, days_location)
+    return Day(number, FIRST_DAY + timedelta(days=number - 1), np.random.default_rng([seed, number]))
+
+
 _CSV_DAMAGE = (
     lambda f: f[:5] + ["heavy"] + f[6:],        # a measurement that is not a number
     lambda f: f[:2] + ["1.7"] + f[3:],          # red channel out of range
@@ -90,7 +113,7 @@ _JSON_DAMAGE = (
 )
 
 
-def _damage(lines: list[str], fraction: float, rng: np.random.Generator, damages) -> tuple[list[str], int]:
+def damage_lines(lines: list[str], fraction: float, rng: np.random.Generator, damages) -> tuple[list[str], int]:
     count = int(round(len(lines) * fraction))
     chosen = rng.choice(len(lines), size=count, replace=False) if count else []
     for position, index in enumerate(chosen):
@@ -99,7 +122,7 @@ def _damage(lines: list[str], fraction: float, rng: np.random.Generator, damages
 
 
 def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str = "landing/fruit",
-                bad_fraction: float = 0.0) -> GeneratedSlice:
+                bad_fraction: float = 0.0, databases=None) -> GeneratedSlice:
     """Write one day of fruit: half as the scale's CSV, half as the sorting line's JSON Lines.
 
     With `bad_fraction` > 0 that share of records is damaged in the ways real
@@ -125,13 +148,13 @@ def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str
     if len(scale):
         text = scale.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%f")
         header, *records = text.rstrip("\n").split("\n")
-        fields, damaged = _damage([r.split(",") for r in records], bad_fraction, rng, _CSV_DAMAGE)
+        fields, damaged = damage_lines([r.split(",") for r in records], bad_fraction, rng, _CSV_DAMAGE)
         bad += damaged
         storage.write_bytes(f"{folder}/scale.csv", ("\n".join([header, *map(",".join, fields)]) + "\n").encode())
         files.append(f"{folder}/scale.csv")
     if len(sorting_line):
         text = sorting_line.to_json(orient="records", lines=True, date_format="iso", date_unit="ms")
-        lines, damaged = _damage(text.rstrip("\n").split("\n"), bad_fraction, rng, _JSON_DAMAGE)
+        lines, damaged = damage_lines(text.rstrip("\n").split("\n"), bad_fraction, rng, _JSON_DAMAGE)
         bad += damaged
         storage.write_bytes(f"{folder}/sorting_line.jsonl", ("\n".join(lines) + "\n").encode())
         files.append(f"{folder}/sorting_line.jsonl")
@@ -142,4 +165,9 @@ def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str
     return GeneratedSlice("fruit", folder, tuple(files) + corrupt, rows, bad, corrupt)
 
 
-GENERATORS = {"fruit": write_fruit}
+def generators() -> dict:
+    """Data generator by domain name."""
+    from features.synthetic_hotel import write_hotel
+    from features.synthetic_surf import write_surf
+
+    return {"fruit": write_fruit, "surf": write_surf, "hotel": write_hotel}

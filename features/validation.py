@@ -5,14 +5,17 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.definitions import FeatureGroup
+from typing import Iterable
+
+from features.definitions import Feature, FeatureGroup
 
 
 def _mark(reason: pa.Array, failed: pa.Array, message: pa.Array | str) -> pa.Array:
     return pc.if_else(pc.and_(pc.is_null(reason), pc.fill_null(failed, False)), message, reason)
 
 
-def check_expectations(table: pa.Table, group: FeatureGroup, reason: pa.Array | None = None) -> pa.Array:
+def check_expectations(table: pa.Table, group: FeatureGroup, reason: pa.Array | None = None,
+                       features: Iterable[Feature] | None = None) -> pa.Array:
     """Each row's first failed expectation as text (null where all hold).
 
     Non-null, ranges and allowed values are checked here, per row; uniqueness of
@@ -20,7 +23,7 @@ def check_expectations(table: pa.Table, group: FeatureGroup, reason: pa.Array | 
     """
     if reason is None:
         reason = pa.nulls(table.num_rows, pa.string())
-    for feature in group.features:
+    for feature in (group.features if features is None else features):
         values = table.column(feature.name).combine_chunks()
         required = not feature.nullable or feature.name in (*group.primary_key, group.event_time)
         if required:

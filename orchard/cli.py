@@ -66,7 +66,7 @@ def demo(
 @app.command()
 def generate(
     context: typer.Context,
-    domain: str = typer.Argument(..., help="Example domain: fruit."),
+    domain: str = typer.Argument(..., help="Example domain: fruit, surf or hotel."),
     rows: int = typer.Option(2000, "--rows", min=1, help="Records to generate."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: str = typer.Option(None, "--out", help="Landing folder relative to the storage root (default: the domain's)."),
@@ -75,13 +75,15 @@ def generate(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a new day of synthetic raw data into a domain's landing area."""
-    from features.synthetic import GENERATORS
+    from features.synthetic import generators
     from orchard.storage import Storage
 
-    if domain not in GENERATORS:
-        raise typer.BadParameter(f"unknown domain {domain!r}; choose from {', '.join(GENERATORS)}", param_hint="DOMAIN")
+    known = generators()
+    if domain not in known:
+        raise typer.BadParameter(f"unknown domain {domain!r}; choose from {', '.join(known)}", param_hint="DOMAIN")
     kwargs = {"location": out} if out else {}
-    generated = GENERATORS[domain](Storage(context.obj.storage), rows=rows, seed=seed, bad_fraction=bad_fraction, **kwargs)
+    generated = known[domain](Storage(context.obj.storage), rows=rows, seed=seed, bad_fraction=bad_fraction,
+                              databases=context.obj.databases, **kwargs)
     emit({"domain": domain, "location": generated.location, "files": list(generated.files), "rows": generated.rows,
           "bad_records": generated.bad_records}, as_json=as_json)
 
@@ -117,6 +119,10 @@ def features_show(
         "event_time": definition.event_time,
         "features": [{"name": f.name, "type": str(f.dtype), "description": f.description, "sensitive": f.sensitive}
                      for f in definition.features],
+        "sources": [{"name": s.name, "format": s.format,
+                     "from": s.label if s.format == "sql" else f"{s.location}/{s.pattern}"} for s in definition.sources],
+        "aggregates": definition.aggregation.upstream.ref if definition.aggregation else None,
+        "partition_by": list(definition.partition_columns),
         "table": store.table_uri(definition),
         "table_version": store.table_version(definition),
         "rows": store.read_table(definition).num_rows if store.exists(definition) else 0,
@@ -130,12 +136,18 @@ def features_show(
 def features_run(
     context: typer.Context,
     group: str = typer.Argument(..., help="Feature group as name[:version]."),
-    as_json: bool = JSON_OPTION,
+    follow: bool = typer.Option(False, "--follow", help="Keep running, picking up new data, until Ctrl-C or SIGTERM."),
+    interval: float = typer.Option(10.0, "--interval", min=0, help="Seconds between runs with --follow."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON (one line per run with --follow)."),
 ) -> None:
-    """Run a feature group's pipeline into the offline store."""
-    from pipelines.features import run
+    """Run a feature group's pipeline into the offline store (once, or with --follow until stopped)."""
+    from pipelines.features import emit_report, follow as follow_group, run
 
-    with stdout_reserved_for_json(as_json):
+    with stdout_reserved_for_json(as_json) as print_line:
+        if follow:
+            follow_group(context.obj, group, interval,
+                         lambda report: print_line(report.to_dict()) if as_json else emit_report(report), quiet=as_json)
+            return
         report = run(context.obj, group, quiet=as_json)
     emit(report.to_dict(), as_json=as_json)
 

@@ -59,6 +59,15 @@ def _int_from(env: Mapping[str, str], name: str) -> int | None:
         raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
+SQL_ENV_PREFIX = "ORCHARD_SQL_"
+
+
+def databases_from(env: Mapping[str, str]) -> dict[str, str]:
+    """SQL connection URLs named by ORCHARD_SQL_<NAME> variables, keyed by the lower-case name."""
+    return {name[len(SQL_ENV_PREFIX):].lower(): url for name, url in env.items()
+            if name.startswith(SQL_ENV_PREFIX) and len(name) > len(SQL_ENV_PREFIX) and url}
+
+
 @dataclass(frozen=True)
 class OrchardConfig:
     """Everything a command needs to know about where it runs."""
@@ -73,6 +82,8 @@ class OrchardConfig:
     serve_port: int = 8000
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Further environment variables for every Ray worker."""
+    databases: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """SQL connection URLs by database name, from ORCHARD_SQL_<NAME> (kept out of repr: they may hold passwords)."""
 
     @classmethod
     def from_sources(
@@ -99,6 +110,7 @@ class OrchardConfig:
             num_cpus=cpus,
             serve_host=serve_host or env.get("ORCHARD_SERVE_HOST") or "127.0.0.1",
             serve_port=port if port is not None else 8000,
+            databases=databases_from(env),
         )
 
     def with_overrides(self, **changes) -> "OrchardConfig":

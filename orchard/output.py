@@ -23,21 +23,30 @@ def _plain(result: Any) -> str:
     return str(result)
 
 
+def json_line(result: Any) -> str:
+    return json.dumps(result, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+
+
 @contextlib.contextmanager
-def stdout_reserved_for_json(active: bool) -> Iterator[None]:
+def stdout_reserved_for_json(active: bool) -> Iterator[Callable[[Any], None]]:
     """While active, send everything written to stdout (by us, Ray or C libraries) to stderr.
 
-    A --json command must print exactly one JSON document on stdout, and Ray
-    writes some of its own log lines there.
+    A --json command must print only JSON on stdout, and Ray writes some of its
+    own log lines there. Yields a function that writes one compact JSON line to
+    the real stdout (for commands that report more than once, such as --follow).
     """
     if not active:
-        yield
+        yield lambda result: (sys.stdout.write(json_line(result)), sys.stdout.flush())
         return
     sys.stdout.flush()
     saved = os.dup(1)
+
+    def write_line(result: Any) -> None:
+        os.write(saved, json_line(result).encode())
+
     try:
         os.dup2(2, 1)
-        yield
+        yield write_line
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)

@@ -100,3 +100,28 @@ def _no_ambient_orchard_env(monkeypatch):
     for name in list(os.environ):
         if name.startswith("ORCHARD_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL server (pgserver's bundled binaries), started for this session and stopped after it."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    pid = server.get_pid()
+    yield server.get_uri()
+    server.cleanup()
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid), f"PostgreSQL (pid {pid}) still running after cleanup"
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,158 @@
+"""Incremental runs of aggregated feature groups (computed per key from another group).
+
+A run reads only the upstream table's data files added since the version its
+checkpoint names, reduces every block to per-key partial totals where it lies
+(map side), merges those small partials with the table's latest totals for the
+keys they touch, and commits one new row per touched key. Each row's event time
+(`as_of`) is at least the newest upstream event time it includes, so a
+point-in-time join never sees a total that counts a later event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.definitions import Aggregation, FeatureGroup
+from features.delta_sink import DeltaCommitSink
+from features.pipeline import RunReport, _record, new_run_id
+from features.store import OfflineStore
+from features.validation import check_expectations
+from orchard.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+_ROWS, _NEWEST = "_rows", "_newest"
+
+
+def _partial_with_newest(batch: pa.Table, partial, event_time: str) -> pa.Table:
+    """A block's partial totals with two side columns: its row count (on the first row) and its newest event time.
+
+    A block with nothing to total (say, only cancelled bookings) still reports
+    its row count, on one row of nulls that the combine step drops.
+    """
+    totals = partial(batch)
+    newest = pc.max(batch.column(event_time)).as_py() if totals.num_rows else None
+    if totals.num_rows == 0:
+        totals = pa.table({field.name: pa.nulls(1, field.type) for field in totals.schema})
+    counts = pa.array([batch.num_rows] + [0] * (totals.num_rows - 1), pa.int64())
+    return totals.append_column(_ROWS, counts).append_column(
+        _NEWEST, pa.array([newest] * totals.num_rows, batch.schema.field(event_time).type))
+
+
+def _upstream_key(group: FeatureGroup) -> str:
+    return f"upstream:{group.aggregation.upstream.ref}"
+
+
+def _latest_per_key(table: pa.Table, key: list[str], event_time: str) -> pa.Table:
+    """Each key's newest row."""
+    if table.num_rows == 0:
+        return table
+    ordered = table.sort_by([(event_time, "descending")])
+    position = pa.array(range(ordered.num_rows), pa.int64())
+    first = ordered.append_column("_position", position).group_by(key, use_threads=False).aggregate(
+        [("_position", "min")])
+    return ordered.take(first.column("_position_min"))
+
+
+def _latest_of_touched(block: pa.Table, touched, key: list[str], event_time: str) -> pa.Table:
+    return _latest_per_key(block.join(touched, keys=key, join_type="inner"), key, event_time)
+
+
+def _load_or_fit_reducer(storage: Storage, store: OfflineStore, group: FeatureGroup, totals: pa.Table):
+    aggregation: Aggregation = group.aggregation
+    location = store.reducer_location(group)
+    if store.exists(group):
+        if not storage.exists(location):
+            raise RuntimeError(f"feature group {group.ref} has a table but no fitted reducer at {location}")
+        return aggregation.reducer_from_json(storage.read_bytes(location).decode())
+    # First run: fit on the history so far. A run that dies before its commit refits next time.
+    reducer = aggregation.reducer().fit(totals)
+    storage.write_bytes(location, reducer.to_json().encode())
+    return reducer
+
+
+def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
+    import ray.data
+
+    started = time.perf_counter()
+    run_id = new_run_id()
+    aggregation: Aggregation = group.aggregation
+    upstream = aggregation.upstream
+    store = OfflineStore(storage)
+    checkpoint = store.checkpoint(group)
+    upstream_version = store.table_version(upstream)
+    if upstream_version is None:
+        raise FileNotFoundError(
+            f"feature group {group.ref} aggregates {upstream.ref}, which has no table yet; "
+            f"run `orchard features run {upstream.ref}` first")
+    done = checkpoint.watermarks.get(_upstream_key(group))
+    done = int(done) if done is not None else None
+
+    def report(rows_read: int = 0, rows_written: int = 0) -> RunReport:
+        return RunReport(group=group.ref, run_id=run_id, files_read=0, files_quarantined=0, rows_read=rows_read,
+                         rows_written=rows_written, rows_quarantined=0, rows_duplicate=0,
+                         table_version=store.table_version(group), seconds=round(time.perf_counter() - started, 3),
+                         kind="aggregation")
+
+    new_files = store.files_added(upstream, since=done, until=upstream_version) if done != upstream_version else []
+    if not new_files:
+        log.info("%s: no new rows in %s", group.ref, upstream.ref)
+        return _record(storage, store, group, report())
+
+    event_type = group.schema.field(group.event_time).type
+    # One block per data file: each block shrinks to its own keys' partials, so fewer, larger blocks move less.
+    partials = ray.data.read_parquet(new_files, override_num_blocks=len(new_files)).map_batches(
+        _partial_with_newest, fn_kwargs={"partial": aggregation.partial, "event_time": upstream.event_time},
+        batch_format="pyarrow").materialize()
+    # The partials are per-key totals, small next to the rows they summarise: combined in the driver.
+    collected = pa.concat_tables(ray.get(partials.to_arrow_refs()))
+    rows_read = pc.sum(collected.column(_ROWS)).as_py() or 0
+    collected = collected.filter(pc.is_valid(collected.column(_NEWEST)))
+    if collected.num_rows == 0:
+        return _record(storage, store, group, report(rows_read=rows_read))
+    newest_event = pc.max(collected.column(_NEWEST)).as_py()
+    new_totals = aggregation.combine(collected.drop_columns([_ROWS, _NEWEST]))
+
+    key = [c for c in group.primary_key]
+    previous = None
+    if store.exists(group):
+        # Only the stored rows of keys this run touches reach the driver, each block reduced to its latest.
+        touched = new_totals.select(key)
+        stored = store.read(group).map_batches(
+            _latest_of_touched, fn_kwargs={"touched": touched, "key": key, "event_time": group.event_time},
+            batch_format="pyarrow")
+        blocks = ray.get(stored.to_arrow_refs())
+        previous = _latest_per_key(pa.concat_tables(blocks), key, group.event_time) if blocks else None
+    combined = new_totals if previous is None or previous.num_rows == 0 else aggregation.combine(
+        pa.concat_tables([new_totals, previous.select(new_totals.column_names).cast(new_totals.schema)]))
+
+    reducer = _load_or_fit_reducer(storage, store, group, combined) if aggregation.reducer else None
+    finished = aggregation.finish(combined, reducer) if aggregation.reducer else aggregation.finish(combined)
+    as_of = pa.array([newest_event] * finished.num_rows, event_type)
+    if previous is not None and previous.num_rows:
+        # Late upstream rows may be older than a key's last total; its event time never goes back.
+        earlier = previous.select([*key, group.event_time]).rename_columns([*key, "_previous_as_of"])
+        finished = finished.join(earlier, keys=key, join_type="left outer")
+        as_of = pc.max_element_wise(pa.array([newest_event] * finished.num_rows, event_type).cast(pa.int64()),
+                                    finished.column("_previous_as_of").cast(pa.int64()), skip_nulls=True).cast(event_type)
+        finished = finished.drop_columns(["_previous_as_of"])
+    if group.event_time in finished.column_names:
+        finished = finished.drop_columns([group.event_time])
+    finished = finished.append_column(group.event_time, as_of)
+    finished = finished.select(group.schema.names).cast(group.schema)
+    problems = check_expectations(finished, group)
+    if pc.any(pc.is_valid(problems)).as_py():
+        first = pc.drop_null(problems)[0].as_py()
+        raise RuntimeError(f"aggregation for {group.ref} produced invalid rows (a bug, not bad data): {first}")
+
+    checkpoint.watermarks[_upstream_key(group)] = str(upstream_version)
+    metadata = store.stage_checkpoint(group, checkpoint, run_id)
+    ray.data.from_arrow(finished).write_datasink(
+        DeltaCommitSink(store.table_uri(group), group.schema, metadata, name=group.name,
+                        crash_name="before_feature_commit"))
+    return _record(storage, store, group, report(rows_read=rows_read, rows_written=finished.num_rows))

@@ -1,0 +1,108 @@
+"""SQL sources read incrementally past a watermark: embedded SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import psycopg
+import pyarrow.compute as pc
+import pytest
+
+from features.binning import age_band
+from features.catalog import get_group
+from features.pipeline import run_feature_pipeline
+from features.sql import SqlSourceError, resolve_database
+from features.store import OfflineStore
+from features.synthetic_hotel import write_hotel
+from features.synthetic_surf import write_surf
+from orchard.storage import Storage
+
+pytestmark = pytest.mark.ray
+
+BEACHES = get_group("beaches")
+USERS = get_group("hotel_users")
+
+
+def test_sqlite_source_reads_only_rows_past_its_watermark(ray_cluster, tmp_path):
+    storage = Storage(str(tmp_path))
+    write_surf(storage, rows=50, seed=1, bad_fraction=0.1)  # six beaches and one with a bottom that does not exist
+    first = run_feature_pipeline(storage, BEACHES)
+    assert (first.sql_sources_read, first.rows_read, first.rows_written, first.rows_quarantined) == (1, 7, 6, 1)
+    quarantined = OfflineStore(storage).read_quarantine(BEACHES).to_pylist()
+    assert [(q["source"], q["line"]) for q in quarantined] == [("sql:surf.beaches", 7)]
+    assert "feature 'bottom' must be one of sand, reef, point; got 'lava'" in quarantined[0]["reason"]
+
+    assert run_feature_pipeline(storage, BEACHES).rows_read == 0  # nothing new, nothing read
+
+    write_surf(storage, rows=50, seed=1)  # the next day re-surveys one beach: one changed row
+    third = run_feature_pipeline(storage, BEACHES)
+    assert (third.rows_read, third.rows_written, third.rows_duplicate) == (1, 1, 0)
+    table = OfflineStore(storage).read_table(BEACHES)
+    assert table.num_rows == 7  # six first versions and one newer version of a beach
+    assert len(set(table.column("beach_id").to_pylist())) == 6
+
+
+@pytest.fixture
+def postgres_database(postgres_url):
+    """A fresh database on the session's PostgreSQL server, for one test."""
+    import uuid
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return postgres_url.replace("/postgres?", f"/{name}?", 1)
+
+
+def test_postgresql_source_ingests_new_and_changed_rows_once(ray_cluster, tmp_path, postgres_database):
+    postgres_url = postgres_database
+    storage = Storage(str(tmp_path))
+    databases = {"hotel": postgres_url}
+    write_hotel(storage, rows=400, seed=2, databases=databases, bad_fraction=0.1)
+    first = run_feature_pipeline(storage, USERS, databases)
+    with psycopg.connect(postgres_url) as connection:
+        in_database = connection.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+        column_type = connection.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'birth_date'"
+        ).fetchone()[0]
+    assert column_type == "date"  # a typed column, not text: the source maps real SQL types
+    assert first.rows_read == in_database == 100  # the first day's cohort: rows // 4
+    assert (first.rows_quarantined, first.rows_written) == (10, 90)  # 10% damaged: unknown country, future birth, no id
+    reasons = {q["reason"].split(" must")[0].split(" is")[0]
+               for q in OfflineStore(storage).read_quarantine(USERS).to_pylist()}
+    assert reasons == {"feature 'home_country'", "feature 'birth_date'", "feature 'user_id'"}
+
+    write_hotel(storage, rows=400, seed=2, databases=databases)  # new sign-ups and three users who moved
+    with psycopg.connect(postgres_url) as connection:
+        changed = connection.execute(
+            "SELECT COUNT(*) FROM users WHERE updated_at >= '2026-01-02T00:00:00+00:00'"  # written on day two
+        ).fetchone()[0]
+    second = run_feature_pipeline(storage, USERS, databases)
+    assert second.rows_read == changed > 3
+    assert run_feature_pipeline(storage, USERS, databases).rows_read == 0
+
+    table = OfflineStore(storage).read_table(USERS)
+    keys = list(zip(table.column("user_id").to_pylist(), table.column("updated_at").to_pylist()))
+    assert len(keys) == len(set(keys)) == 90 + second.rows_written
+    expected = age_band(table.column("birth_date"), table.column("updated_at"))
+    assert pc.all(pc.equal(table.column("age_band"), expected)).as_py()
+
+
+def test_a_sql_source_without_its_watermark_column_is_a_clear_error(ray_cluster, tmp_path):
+    import sqlite3
+
+    storage = Storage(str(tmp_path))
+    path = tmp_path / "landing" / "surf.sqlite"
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE beaches (row_id INTEGER PRIMARY KEY, beach_id TEXT)")
+    with pytest.raises(SqlSourceError, match="cannot read column 'updated_at'"):
+        run_feature_pipeline(storage, BEACHES)
+
+
+def test_a_database_url_never_appears_in_errors(tmp_path):
+    storage = Storage(str(tmp_path))
+    database = resolve_database("hotel", {"hotel": "postgresql://orchard:s3cret@127.0.0.1:1/hotel"}, storage)
+    assert "s3cret" not in repr(database)
+    from features.sql import connect
+
+    with pytest.raises(SqlSourceError) as raised:
+        connect(database)
+    assert "s3cret" not in str(raised.value) and "cannot connect" in str(raised.value)
