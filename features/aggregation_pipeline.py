@@ -59,24 +59,65 @@ def _latest_per_key(table: pa.Table, key: list[str], event_time: str) -> pa.Tabl
     return ordered.take(first.column("_position_min"))
 
 
-def _latest_of_touched(block: pa.Table, touched, key: list[str], event_time: str) -> pa.Table:
+def _latest_of_touched(block: pa.Table, touched: pa.Table, key: list[str], event_time: str) -> pa.Table:
     return _latest_per_key(block.join(touched, keys=key, join_type="inner"), key, event_time)
 
 
-def _load_or_fit_reducer(storage: Storage, store: OfflineStore, group: FeatureGroup, totals: pa.Table):
+def _combine_new(combine, *partials: pa.Table) -> tuple[pa.Table, int, object]:
+    """(per-key totals of a run's new rows, upstream rows read, newest upstream event time or None)."""
+    collected = pa.concat_tables(partials)
+    rows_read = pc.sum(collected.column(_ROWS)).as_py() or 0
+    collected = collected.filter(pc.is_valid(collected.column(_NEWEST)))
+    if collected.num_rows == 0:
+        return collected.drop_columns([_ROWS, _NEWEST]), rows_read, None
+    return combine(collected.drop_columns([_ROWS, _NEWEST])), rows_read, pc.max(collected.column(_NEWEST)).as_py()
+
+
+def _finish(group: FeatureGroup, new_totals: pa.Table, newest_event, reducer_json: str | None,
+            *previous_blocks: pa.Table) -> tuple[pa.Table, str | None]:
+    """The rows to commit: new totals merged with each touched key's previous totals, finished, with as_of.
+
+    A key's as_of is the newest upstream event of the run, but always later
+    than its previous row's (by 1 µs at least, for late data), so one key never
+    has two rows at one instant.
+    """
     aggregation: Aggregation = group.aggregation
-    location = store.reducer_location(group)
-    if store.exists(group):
-        if not storage.exists(location):
-            raise RuntimeError(f"feature group {group.ref} has a table but no fitted reducer at {location}")
-        return aggregation.reducer_from_json(storage.read_bytes(location).decode())
-    # First run: fit on the history so far. A run that dies before its commit refits next time.
-    reducer = aggregation.reducer().fit(totals)
-    storage.write_bytes(location, reducer.to_json().encode())
-    return reducer
+    key = list(group.primary_key)
+    previous = _latest_per_key(pa.concat_tables(previous_blocks), key, group.event_time) if previous_blocks else None
+    combined = new_totals if previous is None or previous.num_rows == 0 else aggregation.combine(
+        pa.concat_tables([new_totals, previous.select(new_totals.column_names).cast(new_totals.schema)]))
+    fitted = None
+    if aggregation.reducer is not None:
+        if reducer_json is None:  # first run: fit on the history so far
+            reducer = aggregation.reducer().fit(combined)
+            fitted = reducer.to_json()
+        else:
+            reducer = aggregation.reducer_from_json(reducer_json)
+        finished = aggregation.finish(combined, reducer)
+    else:
+        finished = aggregation.finish(combined)
+    event_type = group.schema.field(group.event_time).type
+    newest = pa.array([newest_event] * finished.num_rows, event_type).cast(pa.int64())
+    if previous is not None and previous.num_rows:
+        earlier = previous.select([*key, group.event_time]).rename_columns([*key, "_previous_as_of"])
+        finished = finished.join(earlier, keys=key, join_type="left outer")
+        after_previous = pc.add(finished.column("_previous_as_of").cast(pa.int64()), 1)
+        newest = pc.max_element_wise(newest, after_previous, skip_nulls=True)
+        finished = finished.drop_columns(["_previous_as_of"])
+    if group.event_time in finished.column_names:
+        finished = finished.drop_columns([group.event_time])
+    finished = finished.append_column(group.event_time, newest.cast(event_type))
+    finished = finished.select(group.schema.names).cast(group.schema)
+    problems = check_expectations(finished, group)
+    if pc.any(pc.is_valid(problems)).as_py():
+        first = pc.drop_null(problems)[0].as_py()
+        raise RuntimeError(f"aggregation for {group.ref} produced invalid rows (a bug, not bad data): {first}")
+    return finished, fitted
 
 
 def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
+    """One incremental run; the driver handles only object references and a few numbers."""
+    import ray
     import ray.data
 
     started = time.perf_counter()
@@ -99,60 +140,45 @@ def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
                          table_version=store.table_version(group), seconds=round(time.perf_counter() - started, 3),
                          kind="aggregation")
 
-    new_files = store.files_added(upstream, since=done, until=upstream_version) if done != upstream_version else []
-    if not new_files:
+    if done == upstream_version:
         log.info("%s: no new rows in %s", group.ref, upstream.ref)
         return _record(storage, store, group, report())
+    new_files = store.files_added(upstream, since=done, until=upstream_version)
 
-    event_type = group.schema.field(group.event_time).type
-    # One block per data file: each block shrinks to its own keys' partials, so fewer, larger blocks move less.
-    partials = ray.data.read_parquet(new_files, override_num_blocks=len(new_files)).map_batches(
-        _partial_with_newest, fn_kwargs={"partial": aggregation.partial, "event_time": upstream.event_time},
-        batch_format="pyarrow").materialize()
-    # The partials are per-key totals, small next to the rows they summarise: combined in the driver.
-    collected = pa.concat_tables(ray.get(partials.to_arrow_refs()))
-    rows_read = pc.sum(collected.column(_ROWS)).as_py() or 0
-    collected = collected.filter(pc.is_valid(collected.column(_NEWEST)))
-    if collected.num_rows == 0:
-        return _record(storage, store, group, report(rows_read=rows_read))
-    newest_event = pc.max(collected.column(_NEWEST)).as_py()
-    new_totals = aggregation.combine(collected.drop_columns([_ROWS, _NEWEST]))
+    rows_read, finished_ref, fitted = 0, None, None
+    if new_files:
+        # One block per data file: each block shrinks to its own keys' partials, so fewer, larger blocks move less.
+        partials = ray.data.read_parquet(new_files, override_num_blocks=len(new_files)).map_batches(
+            _partial_with_newest, fn_kwargs={"partial": aggregation.partial, "event_time": upstream.event_time},
+            batch_format="pyarrow").materialize()
+        totals_ref, rows_ref, newest_ref = ray.remote(_combine_new).options(num_returns=3).remote(
+            aggregation.combine, *partials.to_arrow_refs())
+        rows_read, newest_event = ray.get([rows_ref, newest_ref])
+        if newest_event is not None:
+            previous_refs = []
+            if store.exists(group):  # only the stored rows of keys this run touches, each block's latest
+                touched_ref = ray.remote(lambda totals, key: totals.select(key)).remote(totals_ref, list(group.primary_key))
+                latest = ray.remote(_latest_of_touched)
+                previous_refs = [latest.remote(block, touched_ref, list(group.primary_key), group.event_time)
+                                 for block in store.read(group).to_arrow_refs()]
+            reducer_json = None
+            if aggregation.reducer is not None and store.exists(group):
+                location = store.reducer_location(group)
+                if not storage.exists(location):
+                    raise RuntimeError(f"feature group {group.ref} has a table but no fitted reducer at {location}")
+                reducer_json = storage.read_bytes(location).decode()
+            finished_ref, fitted_ref = ray.remote(_finish).options(num_returns=2).remote(
+                group, totals_ref, newest_event, reducer_json, *previous_refs)
+            fitted = ray.get(fitted_ref)
+    if fitted is not None:  # fitted on this first run's totals; a run that dies before its commit refits
+        storage.write_bytes(store.reducer_location(group), fitted.encode())
 
-    key = [c for c in group.primary_key]
-    previous = None
-    if store.exists(group):
-        # Only the stored rows of keys this run touches reach the driver, each block reduced to its latest.
-        touched = new_totals.select(key)
-        stored = store.read(group).map_batches(
-            _latest_of_touched, fn_kwargs={"touched": touched, "key": key, "event_time": group.event_time},
-            batch_format="pyarrow")
-        blocks = ray.get(stored.to_arrow_refs())
-        previous = _latest_per_key(pa.concat_tables(blocks), key, group.event_time) if blocks else None
-    combined = new_totals if previous is None or previous.num_rows == 0 else aggregation.combine(
-        pa.concat_tables([new_totals, previous.select(new_totals.column_names).cast(new_totals.schema)]))
-
-    reducer = _load_or_fit_reducer(storage, store, group, combined) if aggregation.reducer else None
-    finished = aggregation.finish(combined, reducer) if aggregation.reducer else aggregation.finish(combined)
-    as_of = pa.array([newest_event] * finished.num_rows, event_type)
-    if previous is not None and previous.num_rows:
-        # Late upstream rows may be older than a key's last total; its event time never goes back.
-        earlier = previous.select([*key, group.event_time]).rename_columns([*key, "_previous_as_of"])
-        finished = finished.join(earlier, keys=key, join_type="left outer")
-        as_of = pc.max_element_wise(pa.array([newest_event] * finished.num_rows, event_type).cast(pa.int64()),
-                                    finished.column("_previous_as_of").cast(pa.int64()), skip_nulls=True).cast(event_type)
-        finished = finished.drop_columns(["_previous_as_of"])
-    if group.event_time in finished.column_names:
-        finished = finished.drop_columns([group.event_time])
-    finished = finished.append_column(group.event_time, as_of)
-    finished = finished.select(group.schema.names).cast(group.schema)
-    problems = check_expectations(finished, group)
-    if pc.any(pc.is_valid(problems)).as_py():
-        first = pc.drop_null(problems)[0].as_py()
-        raise RuntimeError(f"aggregation for {group.ref} produced invalid rows (a bug, not bad data): {first}")
-
+    # Commit even when nothing totals (only cancelled bookings, say), so the checkpoint moves on.
     checkpoint.watermarks[_upstream_key(group)] = str(upstream_version)
     metadata = store.stage_checkpoint(group, checkpoint, run_id)
-    ray.data.from_arrow(finished).write_datasink(
-        DeltaCommitSink(store.table_uri(group), group.schema, metadata, name=group.name,
-                        crash_name="before_feature_commit"))
-    return _record(storage, store, group, report(rows_read=rows_read, rows_written=finished.num_rows))
+    rows = ray.data.from_arrow_refs([finished_ref]) if finished_ref is not None \
+        else ray.data.from_arrow(group.schema.empty_table())
+    sink = DeltaCommitSink(store.table_uri(group), group.schema, metadata, name=group.name,
+                           crash_name="before_feature_commit")
+    rows.write_datasink(sink)
+    return _record(storage, store, group, report(rows_read=rows_read, rows_written=rows.count()))

@@ -35,3 +35,20 @@ def get_group(ref: str) -> FeatureGroup:
         known = ", ".join(sorted({g.ref for g in all_groups()}))
         raise KeyError(f"no feature group {ref!r}; known groups: {known}")
     return matches[-1]
+
+
+def all_views() -> list:
+    views = []
+    for module_name in DOMAIN_MODULES:
+        views.extend(getattr(importlib.import_module(module_name), "FEATURE_VIEWS", []))
+    return sorted(views, key=lambda v: (v.name, v.version))
+
+
+def get_view(ref: str):
+    """The feature view named by "name[:version]"; without a version, the newest."""
+    name, version = parse_ref(ref)
+    matches = [v for v in all_views() if v.name == name and (version is None or v.version == version)]
+    if not matches:
+        known = ", ".join(sorted(v.ref for v in all_views()))
+        raise KeyError(f"no feature view {ref!r}; known views: {known}")
+    return matches[-1]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from features.definitions import EVENT_TIME_TYPE, Feature, FeatureGroup, FileSource
+from features.transforms import LabelEncoder, StandardScaler
+from features.views import FeatureView, Label, Selection
 
 LANDING = "landing/fruit"
 
@@ -54,3 +56,15 @@ FRUIT_MEASUREMENTS = FeatureGroup(
 )
 
 FEATURE_GROUPS = [FRUIT_MEASUREMENTS]
+
+FRUIT_CLASSIFICATION = FeatureView(
+    name="fruit_classification",
+    version=1,
+    description="Apple or orange, from a fruit's colour channels, size, weight and skin.",
+    label=Label(group=FRUIT_MEASUREMENTS, target="label", columns=("fruit_id",)),
+    selections=(Selection(FRUIT_MEASUREMENTS, ("red", "green", "blue", "weight_g", "diameter_mm", "smoothness"),
+                          join_keys={"fruit_id": "fruit_id"}),),
+    transforms=(StandardScaler("weight_g"), StandardScaler("diameter_mm"), LabelEncoder("label")),
+)
+
+FEATURE_VIEWS = [FRUIT_CLASSIFICATION]

@@ -11,6 +11,8 @@ date of birth) is computed as users are ingested.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,6 +21,8 @@ from features.binning import AGE_BANDS, age_band
 from features.definitions import EVENT_TIME_TYPE, Aggregation, Feature, FeatureGroup, FileSource, SqlSource
 from features.embedding import EMBEDDING_PREFIX, PAGES, SessionReducer, combine_counts, count_column, page_counts
 from features.ingest import REASON_COLUMN
+from features.transforms import LabelEncoder, MinMaxScaler, OneHotEncoder, StandardScaler
+from features.views import FeatureView, Label, Selection
 
 LANDING = "landing/hotel"
 DATABASE = "hotel"
@@ -180,3 +184,48 @@ ON_DEMAND = {"days_until_check_in": days_until_check_in}
 
 FEATURE_GROUPS = [HOTEL_BOOKINGS, HOTEL_USERS, HOTEL_SESSIONS, ELECTRICITY_PRICES, HOTEL_WEEKLY_VACANCY,
                   USER_SESSION_EMBEDDING]
+
+
+def zone_of_hotel(hotel_id: pa.Array) -> pa.Array:
+    """The electricity bidding zone a hotel buys in (hotel metadata: h-001 DE-LU, h-002 FR, h-003 NL, ...)."""
+    number = pc.cast(pc.utf8_slice_codeunits(hotel_id, 2), pa.int64())
+    return pc.take(pa.array(ZONES), pc.cast(pc.subtract(number, 1), pa.int64()).to_numpy(zero_copy_only=False) % len(ZONES))
+
+
+def week_start(days: pa.Array) -> pa.Array:
+    """The Monday of each date's ISO week."""
+    numbers = pc.cast(days, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")
+    return pa.array((numbers - (numbers + 3) % 7).astype("int32")).cast(pa.date32())
+
+
+def _booking_label_columns(bookings: pa.Table) -> pa.Table:
+    """What a booking's features join on: the stay's week and the hotel's electricity zone."""
+    return bookings.append_column("week_start", week_start(bookings.column("check_in").combine_chunks())) \
+        .append_column("zone", zone_of_hotel(bookings.column("hotel_id").combine_chunks()))
+
+
+BOOKING_CANCELLATION = FeatureView(
+    name="booking_cancellation",
+    version=1,
+    description="Will a booking be cancelled? Joined as of the moment of booking: the stay week's vacancy, the "
+                "user's profile and browsing, and the hour's electricity price.",
+    label=Label(group=HOTEL_BOOKINGS, target="status", columns=("booking_id", "user_id", "hotel_id", "week_start", "zone"),
+                derive=_booking_label_columns, reads=("check_in",)),
+    selections=(
+        Selection(HOTEL_WEEKLY_VACANCY, ("vacancy", "booked_room_nights"),
+                  join_keys={"hotel_id": "hotel_id", "week_start": "week_start"}),
+        Selection(HOTEL_USERS, ("age_band", "home_country", "accessibility_needs"), join_keys={"user_id": "user_id"}),
+        Selection(USER_SESSION_EMBEDDING, tuple(f"{EMBEDDING_PREFIX}{i}" for i in range(EMBEDDING_SIZE)),
+                  join_keys={"user_id": "user_id"}),
+        Selection(ELECTRICITY_PRICES, ("price_eur_mwh",), join_keys={"zone": "zone"}, ttl=timedelta(hours=2)),
+    ),
+    transforms=(MinMaxScaler("price_eur_mwh"), OneHotEncoder("home_country", unknown="other"),
+                OneHotEncoder("age_band", unknown="ignore"), StandardScaler("booked_room_nights"), LabelEncoder("status")),
+    sensitive_allowed={
+        "hotel_users.accessibility_needs":
+            "Used only to audit that cancellations of step-free rooms are not predicted differently; "
+            "approved for that audit, not for pricing or ranking.",
+    },
+)
+
+FEATURE_VIEWS = [BOOKING_CANCELLATION]

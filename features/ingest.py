@@ -201,20 +201,26 @@ def _as_strings(table: pa.Table, wanted: list[str]) -> pa.Table:
     return strings.append_column(RAW_COLUMN, raw_text)
 
 
-def parse_sql_rows(rows: pa.Table, source: SqlSource, group: FeatureGroup, ordinal: int) -> pa.Table:
+def parse_sql_rows(rows: pa.Table, source: SqlSource, group: FeatureGroup, ordinal: int,
+                   reject: str | None = None) -> pa.Table:
     """One block of rows read from a SQL source as rows of `bookkeeping_schema(group)`.
 
     The row id takes the place of a line number; ordering is by source, then row id.
+    With `reject`, every row is rejected for that reason.
     """
     wanted = [source.source_column(f.name) for f in group.read_features]
     raw = _as_strings(rows, wanted)
     typed, reasons = convert(raw, source, group)
+    if reject is not None:
+        reasons = pa.array([reject] * rows.num_rows, pa.string())
     try:
         row_ids = pc.cast(rows.column(source.row_id), pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise ValueError(f"SQL source {source.name!r}: row id column {source.row_id!r} must hold integers") from None
-    if pc.max(row_ids).as_py() is not None and pc.max(row_ids).as_py() >= 1 << 40:
-        raise ValueError(f"SQL source {source.name!r}: row ids must stay below 2**40")
+    smallest, largest = pc.min_max(row_ids).values()
+    if row_ids.null_count or (smallest.as_py() is not None and not 0 <= smallest.as_py() <= largest.as_py() < 1 << 40):
+        raise ValueError(f"SQL source {source.name!r} ({source.label}): row id column {source.row_id!r} must hold "
+                         f"integers from 0 to 2**40 and never null; it identifies rows in the quarantine table")
     typed = typed.append_column(SOURCE_COLUMN, pa.array([source.label] * rows.num_rows, pa.string()))
     typed = typed.append_column(LINE_COLUMN, row_ids)
     typed = typed.append_column(ORDER_COLUMN, pc.add(row_ids, pa.scalar(ordinal << 40, pa.int64())))

@@ -32,8 +32,9 @@ from features.definitions import FeatureGroup, FileSource, SqlSource
 from features.delta_sink import DeltaCommitSink
 from features.ingest import (LINE_COLUMN, ORDER_COLUMN, RAW_COLUMN, REASON_COLUMN, SOURCE_COLUMN, SourceFile,
                              bookkeeping_schema, parse_file, parse_sql_rows)
-from features.sql import Database, decode_watermark, encode_watermark, incremental_query, newest_watermark, resolve_database
-from features.store import QUARANTINE_SCHEMA, RUN_ID_KEY, Checkpoint, OfflineStore
+from features.sql import (Database, check_text_watermarks, decode_watermark, encode_watermark, incremental_query,
+                          newest_null_row_id, newest_watermark, null_watermark_query, resolve_database)
+from features.store import QUARANTINE_SCHEMA, QUARANTINE_VERSION_KEY, RUN_ID_KEY, Checkpoint, OfflineStore
 from orchard.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def _keep_first_new_rows(key_columns: list[str], schema: pa.Schema, new_count: i
     return new.select(schema.names)
 
 
-def _deduplicate(valid, store: OfflineStore, group: FeatureGroup):
+def _deduplicate(valid, store: OfflineStore, group: FeatureGroup, buckets: int | None = None):
     """Rows of `valid` whose key + event time neither an earlier row of this run nor the table holds.
 
     A hash exchange on Ray tasks: every block splits into one part per bucket,
@@ -118,12 +119,14 @@ def _deduplicate(valid, store: OfflineStore, group: FeatureGroup):
 
     key_columns = [*group.primary_key, group.event_time]
     schema = bookkeeping_schema(group)
-    buckets = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    split = ray.remote(_split_rows).options(num_returns=buckets) if buckets > 1 else ray.remote(_split_rows)
+    buckets = buckets or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    split = ray.remote(_split_rows).options(num_returns=buckets)
 
     def parts_of(refs) -> list[list]:
+        if buckets == 1:  # one bucket: every block as it is
+            return [list(refs)]
         outputs = [split.remote(ref, key_columns, buckets) for ref in refs]
-        return [[out[b] for out in outputs] if buckets > 1 else outputs for b in range(buckets)]
+        return [[out[b] for out in outputs] for b in range(buckets)]
 
     new_refs = valid.to_arrow_refs()
     new_parts = parts_of(new_refs)
@@ -186,6 +189,12 @@ class _SqlRead:
     since: Any
     upper: Any
     ordinal: int
+    null_watermarks: bool = False
+    """Rows whose watermark is null, by row id: read once, each quarantined with the reason."""
+
+    @property
+    def checkpoint_key(self) -> str:
+        return f"{self.source.name}:null_watermark_row_id" if self.null_watermarks else self.source.name
 
 
 def pending_sql_reads(storage: Storage, group: FeatureGroup, checkpoint: Checkpoint,
@@ -196,10 +205,14 @@ def pending_sql_reads(storage: Storage, group: FeatureGroup, checkpoint: Checkpo
         if not isinstance(source, SqlSource):
             continue
         database = resolve_database(source.database, databases, storage)
-        upper = newest_watermark(database, source)
-        since = decode_watermark(checkpoint.watermarks[source.name]) if source.name in checkpoint.watermarks else None
-        if upper is not None and (since is None or upper > since):
-            reads.append(_SqlRead(source, database, since, upper, first_ordinal + len(reads)))
+        for null_watermarks in (False, True):
+            key = _SqlRead(source, database, None, None, 0, null_watermarks).checkpoint_key
+            upper = newest_null_row_id(database, source) if null_watermarks else newest_watermark(database, source)
+            since = decode_watermark(checkpoint.watermarks[key]) if key in checkpoint.watermarks else None
+            if not null_watermarks and upper is not None:
+                check_text_watermarks(database, source, upper)
+            if upper is not None and (since is None or upper > since):
+                reads.append(_SqlRead(source, database, since, upper, first_ordinal + len(reads), null_watermarks))
     return reads
 
 
@@ -207,12 +220,15 @@ def _read_sql(read: _SqlRead, group: FeatureGroup):
     import ray.data
 
     columns = [read.source.source_column(f.name) for f in group.read_features]
-    query, params = incremental_query(read.database, read.source, columns, read.since)
+    make_query = null_watermark_query if read.null_watermarks else incremental_query
+    query, params = make_query(read.database, read.source, columns, read.since)
+    reject = (f"watermark column '{read.source.watermark}' is null, so the row cannot be read incrementally"
+              if read.null_watermarks else None)
     # One read task per source (Ray would otherwise split its output into ~200 tiny blocks); big reads are
     # still cut into blocks of Ray Data's target size.
     return ray.data.read_sql(query, read.database.connection_factory(), sql_params=(*params, read.upper),
                              override_num_blocks=1).map_batches(
-        parse_sql_rows, fn_kwargs={"source": read.source, "group": group, "ordinal": read.ordinal},
+        parse_sql_rows, fn_kwargs={"source": read.source, "group": group, "ordinal": read.ordinal, "reject": reject},
         batch_format="pyarrow", batch_size=None,
     )
 
@@ -277,8 +293,9 @@ def run_feature_pipeline(storage: Storage, group: FeatureGroup, databases: Mappi
     for f in files:
         checkpoint.files[f.identity] = f.path
     for read in sql_reads:
-        checkpoint.watermarks[read.source.name] = encode_watermark(read.upper)
-    metadata = store.stage_checkpoint(group, checkpoint, run_id)
+        checkpoint.watermarks[read.checkpoint_key] = encode_watermark(read.upper)
+    metadata = {**store.stage_checkpoint(group, checkpoint, run_id),
+                QUARANTINE_VERSION_KEY: str(store.quarantine_version(group))}
     unique.map_batches(with_partition_columns, fn_kwargs={"group": group}, batch_format="pyarrow").write_datasink(
         DeltaCommitSink(store.table_uri(group), group.table_schema, metadata, name=group.name,
                         crash_name="before_feature_commit", partition_by=group.partition_columns)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -41,7 +42,7 @@ class Database:
         if self.dialect == "sqlite":
             read_only = f"file:{quote(_sqlite_path(self.url))}?mode=ro"
             return lambda: sqlite3.connect(read_only, uri=True)
-        url = self.url
+        url = re.sub(r"^postgres(ql)?\+[a-z0-9_]+://", "postgresql://", self.url)  # SQLAlchemy-style +driver
         return lambda: _connect_postgresql(url)
 
     def __repr__(self) -> str:  # the URL may hold a password
@@ -125,24 +126,74 @@ def decode_watermark(text: str) -> Any:
 
 def newest_watermark(database: Database, source: SqlSource) -> Any:
     """The largest watermark in the table now: the upper bound of this run's read."""
+    try:
+        return _scalar(database, source, f"SELECT MAX({source.watermark}) FROM {source.table}")
+    except SqlSourceError as error:
+        raise SqlSourceError(f"{error} (cannot read column {source.watermark!r})") from None
+
+
+def newest_null_row_id(database: Database, source: SqlSource) -> int | None:
+    """The largest row id among rows whose watermark is null (they cannot be read incrementally)."""
+    return _scalar(database, source, f"SELECT MAX({source.row_id}) FROM {source.table} WHERE {source.watermark} IS NULL")
+
+
+def check_text_watermarks(database: Database, source: SqlSource, sample: Any) -> None:
+    """In SQLite, text watermarks order correctly only if all share one layout: refuse the others by name.
+
+    ('2026-01-02 10:00' sorts before '2026-01-02T08:00', and '...00Z' after '...00.5+00:00'.)
+    """
+    if database.dialect != "sqlite" or not isinstance(sample, str):
+        return
+    layout = re.sub(r"\d", "9", sample)
+    pattern = layout.replace("9", "[0-9]")
+    connection = connect(database)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"SELECT {source.row_id}, {source.watermark} FROM {source.table} WHERE {source.watermark} IS NOT "
+                       f"NULL AND (typeof({source.watermark}) != 'text' OR {source.watermark} NOT GLOB ?) LIMIT 3",
+                       (pattern,))
+        odd = cursor.fetchall()
+    finally:
+        connection.close()
+    if odd:
+        examples = ", ".join(f"row {row_id}: {value!r}" for row_id, value in odd)
+        raise SqlSourceError(
+            f"SQL source {source.name!r} ({source.label}): watermark column {source.watermark!r} holds text in more "
+            f"than one layout, which SQLite cannot order (expected the layout of {sample!r}); e.g. {examples}")
+
+
+def _scalar(database: Database, source: SqlSource, query: str) -> Any:
     connection = connect(database)
     try:
         cursor = connection.cursor()
         try:
-            cursor.execute(f"SELECT MAX({source.watermark}) FROM {source.table}")
+            cursor.execute(query)
         except Exception as error:
             raise SqlSourceError(
-                f"SQL source {source.name!r} ({source.label}): cannot read column {source.watermark!r}: "
-                f"{str(error).splitlines()[0]}") from None
+                f"SQL source {source.name!r} ({source.label}): {str(error).splitlines()[0]}") from None
         (value,) = cursor.fetchone()
         return value
     finally:
         connection.close()
 
 
+def null_watermark_query(database: Database, source: SqlSource, columns: list[str], since: int | None) -> tuple[str, tuple]:
+    """Rows with a null watermark and a row id in (since, upper]: each is quarantined once."""
+    mark = database.placeholder
+    condition = f"{source.row_id} <= {mark}" if since is None else f"{source.row_id} > {mark} AND {source.row_id} <= {mark}"
+    query, _ = incremental_query(database, source, columns, None)
+    head = query.split(" WHERE ")[0]
+    return f"{head} WHERE {source.watermark} IS NULL AND {condition} ORDER BY {source.row_id}", \
+        () if since is None else (since,)
+
+
 def incremental_query(database: Database, source: SqlSource, columns: list[str], since: Any) -> tuple[str, tuple]:
     """SQL selecting rows with watermark in (since, upper], in watermark then row order; `?`/`%s` params."""
-    selected = ", ".join(dict.fromkeys([*columns, source.row_id, source.watermark]))
+    # SQLite lets any value sit in any column (an INTEGER column may hold 'yes'), which would fail the read
+    # as a whole; as text, such a value is one quarantined row. PostgreSQL's columns are typed: read as they are.
+    features = [f"CAST({c} AS TEXT) AS {c}" if database.dialect == "sqlite" else c
+                for c in dict.fromkeys(columns) if c not in (source.row_id, source.watermark)]
+    selected = ", ".join([*features, source.row_id, source.watermark])
     mark = database.placeholder
     condition = f"{source.watermark} <= {mark}" if since is None else \
         f"{source.watermark} > {mark} AND {source.watermark} <= {mark}"
@@ -185,7 +236,7 @@ def open_for_writing(database: Database):
         path = Path(_sqlite_path(database.url))
         path.parent.mkdir(parents=True, exist_ok=True)
         return sqlite3.connect(path)
-    return _connect_postgresql(database.url)
+    return database.connection_factory()()
 
 
 def ensure_table(connection, database: Database, table: str, columns: Mapping[str, str]) -> None:

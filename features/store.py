@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 CHECKPOINT_KEY = "orchard.checkpoint"
 RUN_ID_KEY = "orchard.run_id"
 DISCARDED_KEY = "orchard.discarded_runs"
+QUARANTINE_VERSION_KEY = "orchard.quarantine_version"
 
 QUARANTINE_SCHEMA = pa.schema([
     pa.field("source", pa.string()),
@@ -77,13 +78,10 @@ class OfflineStore:
         """The checkpoint named by the newest commit that carries one."""
         if not self.exists(group):
             return Checkpoint()
-        from deltalake import DeltaTable
-
-        for commit in DeltaTable(self.table_uri(group)).history():
-            if CHECKPOINT_KEY in commit:
-                location = f"{self.table_location(group)}/_orchard/{commit[CHECKPOINT_KEY]}"
-                return Checkpoint.from_json(self.storage.read_bytes(location).decode())
-        return Checkpoint()
+        name = self._latest_commit_value(self.table_uri(group), CHECKPOINT_KEY)
+        if name is None:
+            return Checkpoint()
+        return Checkpoint.from_json(self.storage.read_bytes(f"{self.table_location(group)}/_orchard/{name}").decode())
 
     def stage_checkpoint(self, group: FeatureGroup, checkpoint: Checkpoint, run_id: str) -> dict[str, str]:
         """Write the checkpoint file; it counts only once a commit names it (the returned metadata)."""
@@ -92,32 +90,53 @@ class OfflineStore:
         return {CHECKPOINT_KEY: name, RUN_ID_KEY: run_id}
 
     def discard_orphan_quarantine(self, group: FeatureGroup) -> list[str]:
-        """Delete quarantine rows of runs that died before their feature commit.
+        """Delete quarantine rows of a run that died between its quarantine commit and its feature commit.
 
-        A run commits its quarantine rows first and its feature rows (with the
-        checkpoint) last; if it dies in between, the next run reads the same
-        input again and would quarantine the same records twice. Returns the
-        run ids whose rows were removed.
+        Every feature commit records the quarantine table's version it follows
+        (QUARANTINE_VERSION_KEY). With one writer per group, only quarantine
+        commits after that version can belong to a run that never finished; the
+        next run reads that run's input again, so without this its rejected
+        records would be quarantined twice. Returns the run ids removed.
         """
         if not self.quarantine_exists(group):
             return []
         from deltalake import DeltaTable
         from deltalake.transaction import CommitProperties
 
-        quarantine = DeltaTable(self.quarantine_uri(group))
-        quarantined, settled = set(), set()
-        for commit in quarantine.history():
-            if RUN_ID_KEY in commit:
-                quarantined.add(commit[RUN_ID_KEY])
-            settled.update(json.loads(commit.get(DISCARDED_KEY, "[]")))
+        settled = -1  # no feature commit at all: every quarantine commit is a dead run's
         if self.exists(group):
-            settled.update(c[RUN_ID_KEY] for c in DeltaTable(self.table_uri(group)).history() if RUN_ID_KEY in c)
-        orphans = sorted(quarantined - settled)
+            recorded = self._latest_commit_value(self.table_uri(group), QUARANTINE_VERSION_KEY)
+            if recorded is None:
+                return []  # written before versions were recorded: nothing can be told apart safely
+            settled = int(recorded)
+        quarantine = DeltaTable(self.quarantine_uri(group))
+        newer = quarantine.version() - settled
+        if newer <= 0:
+            return []
+        orphans = sorted({c[RUN_ID_KEY] for c in quarantine.history(limit=newer)
+                          if c.get("version", settled + 1) > settled and RUN_ID_KEY in c})
         if orphans:
             listed = ", ".join(f"'{run}'" for run in orphans)  # run ids are generated: digits, letters, '-'
             quarantine.delete(f"run_id IN ({listed})",
                               commit_properties=CommitProperties(custom_metadata={DISCARDED_KEY: json.dumps(orphans)}))
         return orphans
+
+    def quarantine_version(self, group: FeatureGroup) -> int:
+        """The quarantine table's current version (-1 before its first commit), for the next feature commit."""
+        if not self.quarantine_exists(group):
+            return -1
+        from deltalake import DeltaTable
+
+        return DeltaTable(self.quarantine_uri(group)).version()
+
+    @staticmethod
+    def _latest_commit_value(table_uri: str, key: str) -> str | None:
+        from deltalake import DeltaTable
+
+        for commit in DeltaTable(table_uri).history():
+            if key in commit:
+                return commit[key]
+        return None
 
     # -- aggregations -----------------------------------------------------------------
     def files_added(self, group: FeatureGroup, since: int | None, until: int) -> list[str]:

@@ -8,9 +8,13 @@ regressor learns to predict from the swell that reached the beach.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pyarrow as pa
 
 from features.definitions import EVENT_TIME_TYPE, Feature, FeatureGroup, FileSource, SqlSource
+from features.transforms import OneHotEncoder, StandardScaler
+from features.views import FeatureView, Label, Selection
 
 LANDING = "landing/surf"
 DATABASE = "surf"
@@ -71,3 +75,20 @@ SURF_OBSERVATIONS = FeatureGroup(
 )
 
 FEATURE_GROUPS = [BUOY_READINGS, BEACHES, SURF_OBSERVATIONS]
+
+SURF_HEIGHT = FeatureView(
+    name="surf_height",
+    version=1,
+    description="Surf height at a beach from the latest swell at its buoy (at most 3 hours old) and the beach's shape.",
+    label=Label(group=SURF_OBSERVATIONS, target="surf_height_m", columns=("beach_id",)),
+    selections=(
+        Selection(BEACHES, ("buoy_id", "facing_deg", "bottom"), join_keys={"beach_id": "beach_id"}),
+        # Joined on the buoy the beach row names: the beaches selection brings `buoy_id`.
+        Selection(BUOY_READINGS, ("swell_height_m", "swell_period_s", "swell_direction_deg"),
+                  join_keys={"buoy_id": "buoy_id"}, ttl=timedelta(hours=3)),
+    ),
+    transforms=(OneHotEncoder("bottom", unknown="other"), StandardScaler("swell_height_m"),
+                StandardScaler("swell_period_s")),
+)
+
+FEATURE_VIEWS = [SURF_HEIGHT]

@@ -86,7 +86,9 @@ def write_hotel(storage: Storage, rows: int = 2000, seed: int = 0, location: str
     database = resolve_database(hotel.DATABASE, databases or {}, storage)
     with writing_table(database, "users", USERS_TABLE) as connection:
         existing = count_rows(connection, "users")
-        new_users = _user_rows(rng, existing + 1, max(rows // 4, 20) if existing == 0 else max(rows // 40, 5), day_start)
+        # The first cohort signed up the day before; later sign-ups book from the next day on.
+        new_users = _user_rows(rng, existing + 1, max(rows // 4, 20) if existing == 0 else max(rows // 40, 5),
+                               day_start - timedelta(days=1) if existing == 0 else day_start)
         bad += _damage_users(new_users, bad_fraction, rng)
         insert_rows(connection, database, "users", USERS_TABLE, new_users)
         if existing:
@@ -95,7 +97,7 @@ def write_hotel(storage: Storage, rows: int = 2000, seed: int = 0, location: str
                 {"row_id": int(r), "country": str(rng.choice(hotel.COUNTRIES)),
                  "updated_at": day_start + timedelta(hours=12, seconds=int(r))} for r in movers])
     user_count = existing + len(new_users)
-    users = np.array([f"u-{i:06d}" for i in range(1, user_count + 1)])
+    bookers = np.array([f"u-{i:06d}" for i in range(1, (existing or user_count) + 1)])  # users who existed at dawn
 
     # Bookings.
     capacity = _hotel_capacity()
@@ -108,7 +110,7 @@ def write_hotel(storage: Storage, rows: int = 2000, seed: int = 0, location: str
     bookings = pd.DataFrame({
         "booking_id": [f"b-{day.number:04d}-{i:06d}" for i in range(rows)],
         "hotel_id": [f"h-{i + 1:03d}" for i in hotel_index],
-        "user_id": rng.choice(users, rows),
+        "user_id": rng.choice(bookers, rows),
         "booked_at": booked_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "check_in": check_in,
         "nights": nights,

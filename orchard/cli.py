@@ -19,7 +19,9 @@ app = typer.Typer(
     help="Feature, training and inference pipelines on Ray.")
 features_app = typer.Typer(no_args_is_help=True, help="Feature groups and feature pipelines.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Feature views and their versioned training datasets.")
 app.add_typer(features_app, name="features")
+app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as one JSON document on stdout.")
@@ -123,6 +125,7 @@ def features_show(
                      "from": s.label if s.format == "sql" else f"{s.location}/{s.pattern}"} for s in definition.sources],
         "aggregates": definition.aggregation.upstream.ref if definition.aggregation else None,
         "partition_by": list(definition.partition_columns),
+        "sensitive_uses": _sensitive_uses(definition),
         "table": store.table_uri(definition),
         "table_version": store.table_version(definition),
         "rows": store.read_table(definition).num_rows if store.exists(definition) else 0,
@@ -130,6 +133,14 @@ def features_show(
         "last_run": storage.read_json(last_run) if storage.exists(last_run) else None,
     }
     emit(result, as_json=as_json)
+
+
+def _sensitive_uses(group) -> list[dict]:
+    """Feature views allowed to use this group's sensitive features, with their written justification."""
+    from features.catalog import all_views
+
+    return [{"view": v.ref, "feature": qualified.split(".", 1)[1], "justification": v.sensitive_allowed[qualified]}
+            for v in all_views() for qualified in v.sensitive_features() if qualified.startswith(f"{group.name}.")]
 
 
 @features_app.command("run")
@@ -150,6 +161,60 @@ def features_run(
             return
         report = run(context.obj, group, quiet=as_json)
     emit(report.to_dict(), as_json=as_json)
+
+
+@datasets_app.command("create")
+def datasets_create(
+    context: typer.Context,
+    view: str = typer.Argument(..., help="Feature view as name[:version]."),
+    split: str = typer.Option(None, "--split", help="'random:0.7,0.15,0.15' (default) or 'time:VALIDATION_FROM,TEST_FROM'."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random split."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Join a feature view point-in-time, split it, fit its transformations, store it as a new version."""
+    from features.datasets import DatasetError
+    from pipelines.datasets import run
+
+    try:
+        with stdout_reserved_for_json(as_json):
+            metadata = run(context.obj, view, split, seed, quiet=as_json)
+    except (DatasetError, KeyError) as error:
+        raise typer.BadParameter(str(error).strip('"'), param_hint="VIEW or --split") from None
+    emit(metadata, as_json=as_json, human=lambda m: (
+        f"{m['view']} training dataset version {m['version']}: "
+        + ", ".join(f"{n} {c} rows" for n, c in m["rows"].items())
+        + (f"; label rows with no match: {m['unmatched']}" if any(m["unmatched"].values()) else "")))
+
+
+@datasets_app.command("list")
+def datasets_list(context: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """List feature views and the versions of their training datasets."""
+    from features.catalog import all_views
+    from features.datasets import dataset_versions
+    from orchard.storage import Storage
+
+    storage = Storage(context.obj.storage)
+    rows = [{"view": v.ref, "description": v.description, "datasets": dataset_versions(storage, v)} for v in all_views()]
+    emit(rows, as_json=as_json, human=lambda rs: "\n".join(f"{r['view']:28} datasets {r['datasets']}" for r in rs))
+
+
+@datasets_app.command("show")
+def datasets_show(
+    context: typer.Context,
+    view: str = typer.Argument(..., help="Feature view as name[:version]."),
+    version: int = typer.Option(None, "--version", help="Dataset version (default: the newest)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Show a training dataset's metadata: table versions read, split, row counts, justifications."""
+    from features.catalog import get_view
+    from features.datasets import DatasetError, TrainingDataset
+    from orchard.storage import Storage
+
+    try:
+        dataset = TrainingDataset.open(Storage(context.obj.storage), get_view(view), version)
+    except (DatasetError, KeyError) as error:
+        raise typer.BadParameter(str(error).strip('"'), param_hint="VIEW") from None
+    emit(dataset.metadata, as_json=as_json)
 
 
 @app.command()

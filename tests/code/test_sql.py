@@ -31,8 +31,8 @@ def test_a_watermark_must_be_orderable():
 def test_the_first_read_takes_everything_up_to_the_newest_watermark(tmp_path):
     database = resolve_database("hotel", {}, Storage(str(tmp_path)))
     query, params = incremental_query(database, USERS, ["user_ref", "country"], since=None)
-    assert query == ("SELECT user_ref, country, row_id, updated_at FROM users WHERE updated_at <= ? "
-                     "ORDER BY updated_at, row_id")
+    assert query == ("SELECT CAST(user_ref AS TEXT) AS user_ref, CAST(country AS TEXT) AS country, row_id, updated_at "
+                     "FROM users WHERE updated_at <= ? ORDER BY updated_at, row_id")
     assert params == ()
 
 

@@ -53,6 +53,19 @@ def _weekly_reference(bookings) -> dict:
     return {key: (nights_booked[key], len(bookings_seen[key]), capacity[key]) for key in nights_booked}
 
 
+def _newest_counted_booking(bookings) -> dict:
+    """(hotel, Monday) -> the latest booked_at among the confirmed bookings with a night in that week."""
+    newest = {}
+    for row in bookings.to_pylist():
+        if row["status"] != "confirmed":
+            continue
+        for night in range(row["nights"]):
+            day = row["check_in"] + timedelta(days=night)
+            key = (row["hotel_id"], day - timedelta(days=day.weekday()))
+            newest[key] = max(newest.get(key, row["booked_at"]), row["booked_at"])
+    return newest
+
+
 def _latest(table, key_columns, event_time="as_of") -> dict:
     latest = {}
     for row in table.to_pylist():
@@ -91,8 +104,8 @@ def test_hotel_groups_build_incrementally_day_after_day(ray_cluster, tmp_path):
         assert (row["booked_room_nights"], row["bookings"], row["hotel_rooms"]) == (booked, count, rooms), key
         assert row["vacancy"] == pytest.approx(max(0.0, 1 - booked / (rooms * 7)))
     # A total never claims an event newer than its as_of, and rows of the first day stay as they were.
-    newest_booking = max(bookings.column("booked_at").to_pylist())
-    assert all(row["as_of"] <= newest_booking for row in latest.values())
+    newest_counted = _newest_counted_booking(bookings)
+    assert all(row["as_of"] >= newest_counted[key] for key, row in latest.items())
     assert store.read_table(vacancy_group, version=first["hotel_weekly_vacancy"].table_version).equals(first_vacancy)
     assert run_feature_pipeline(storage, vacancy_group).rows_written == 0
 
@@ -161,3 +174,27 @@ def test_the_cli_generates_and_runs_a_domain_with_no_other_flag(ray_cluster, tmp
         assert orchard("features", "run", group)["rows_written"] > 0
     shown = orchard("features", "show", "beaches")
     assert shown["rows"] == 6 and shown["last_run"]["sql_sources_read"] == 1
+
+
+def test_late_bookings_move_a_total_forward_in_time_never_back(ray_cluster, tmp_path):
+    storage = Storage(str(tmp_path))
+    store = OfflineStore(storage)
+    bookings_group, vacancy_group = get_group("hotel_bookings"), get_group("hotel_weekly_vacancy")
+    write_hotel(storage, rows=100, seed=9)
+    run_feature_pipeline(storage, bookings_group)
+    run_feature_pipeline(storage, vacancy_group)
+    before = _latest(store.read_table(vacancy_group), ("hotel_id", "week_start"))
+
+    # A booking made early on day one arrives late, in a file of its own, for a week already totalled.
+    key, row = next(iter(before.items()))
+    late = (f"booking_id,hotel_id,user_id,booked_at,check_in,nights,rooms,hotel_rooms,status,price_eur\n"
+            f"late-1,{key[0]},u-000001,2026-01-01T00:00:01.000000Z,{key[1] + timedelta(days=1)},1,2,"
+            f"{row['hotel_rooms']},confirmed,100.0\n")
+    storage.write_bytes("landing/hotel/bookings/day-0001/late.csv", late.encode())
+    assert run_feature_pipeline(storage, bookings_group).rows_written == 1
+    assert run_feature_pipeline(storage, vacancy_group).rows_written == 1
+
+    rows = [r for r in store.read_table(vacancy_group).to_pylist() if (r["hotel_id"], r["week_start"]) == key]
+    older, newer = sorted(rows, key=lambda r: r["as_of"])
+    assert newer["as_of"] > older["as_of"]  # the late booking is older than the total, yet time moves on
+    assert newer["booked_room_nights"] == older["booked_room_nights"] + 2

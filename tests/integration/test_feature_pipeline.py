@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -138,3 +139,25 @@ def test_features_show_reports_rows_quarantine_and_the_last_run(ray_cluster, tmp
     assert shown["last_run"]["run_id"] == report.run_id
     assert shown["last_run"]["rows_quarantined"] == 10
     assert {f["name"] for f in shown["features"]} >= {"fruit_id", "weight_g", "label"}
+
+
+def test_deduplication_works_with_a_single_bucket(ray_cluster, tmp_path):
+    import ray.data
+
+    from features.ingest import bookkeeping_schema
+    from features.pipeline import _deduplicate
+
+    storage = Storage(str(tmp_path))
+    write_fruit(storage, rows=60, seed=19)
+    run_feature_pipeline(storage, FRUIT)
+    stored = OfflineStore(storage).read_table(FRUIT)
+    rows = stored.select(FRUIT.schema.names).slice(0, 10)
+    extra = {"_source": pa.array(["x"] * 10), "_line": pa.array(range(10), pa.int64()),
+             "_order": pa.array(range(10), pa.int64()), "_reason": pa.nulls(10, pa.string()),
+             "_raw": pa.nulls(10, pa.string())}
+    for name, column in extra.items():
+        rows = rows.append_column(name, column)
+    new = rows.set_column(0, "fruit_id", pa.array([f"new-{i}" for i in range(10)]))
+    valid = ray.data.from_arrow([rows.cast(bookkeeping_schema(FRUIT)), new.cast(bookkeeping_schema(FRUIT))])
+    unique = _deduplicate(valid, OfflineStore(storage), FRUIT, buckets=1)
+    assert sorted(unique.to_pandas()["fruit_id"]) == [f"new-{i}" for i in range(10)]

@@ -106,3 +106,45 @@ def test_a_database_url_never_appears_in_errors(tmp_path):
     with pytest.raises(SqlSourceError) as raised:
         connect(database)
     assert "s3cret" not in str(raised.value) and "cannot connect" in str(raised.value)
+
+
+def _beaches_db(tmp_path, rows: list[tuple]) -> Storage:
+    """A surf database whose beaches table holds exactly `rows` (beach_id, name, buoy, facing, bottom, updated_at)."""
+    import sqlite3
+
+    path = tmp_path / "landing" / "surf.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS beaches (row_id INTEGER PRIMARY KEY, beach_id TEXT, name TEXT, "
+                           "buoy_id TEXT, facing_deg REAL, bottom TEXT, updated_at TEXT)")
+        connection.executemany("INSERT INTO beaches (beach_id, name, buoy_id, facing_deg, bottom, updated_at) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return Storage(str(tmp_path))
+
+
+def test_rows_with_a_null_watermark_are_quarantined_once(ray_cluster, tmp_path):
+    storage = _beaches_db(tmp_path, [("a", "A", "b1", 270.0, "sand", "2026-01-01T00:00:00"),
+                                     ("b", "B", "b1", 270.0, "sand", None)])
+    first = run_feature_pipeline(storage, BEACHES)
+    assert (first.rows_written, first.rows_quarantined) == (1, 1)
+    (row,) = OfflineStore(storage).read_quarantine(BEACHES).to_pylist()
+    assert row["line"] == 2 and "watermark column 'updated_at' is null" in row["reason"]
+    assert run_feature_pipeline(storage, BEACHES).rows_read == 0  # not quarantined again
+    _beaches_db(tmp_path, [("c", "C", "b1", 270.0, "sand", None)])
+    assert run_feature_pipeline(storage, BEACHES).rows_quarantined == 1  # a new one is
+
+
+def test_sqlite_text_watermarks_in_another_layout_are_refused_by_name(ray_cluster, tmp_path):
+    storage = _beaches_db(tmp_path, [("a", "A", "b1", 270.0, "sand", "2026-01-01T00:00:00"),
+                                     ("b", "B", "b1", 270.0, "sand", "2026-01-02 08:00")])
+    with pytest.raises(SqlSourceError, match=r"more than one layout.*row 1: '2026-01-01T00:00:00'"):
+        run_feature_pipeline(storage, BEACHES)
+
+
+def test_a_value_of_the_wrong_type_in_an_sqlite_column_is_one_quarantined_row(ray_cluster, tmp_path):
+    storage = _beaches_db(tmp_path, [("a", "A", "b1", 270.0, "sand", "2026-01-01T00:00:00"),
+                                     ("b", "B", "b1", "west", "sand", "2026-01-01T00:00:01")])
+    report = run_feature_pipeline(storage, BEACHES)
+    assert (report.rows_written, report.rows_quarantined) == (1, 1)
+    (row,) = OfflineStore(storage).read_quarantine(BEACHES).to_pylist()
+    assert row["reason"] == "feature 'facing_deg' must be a number, got 'west'"
