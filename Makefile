@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.bench_weekly_vacancy $(BENCH_ARGS)
+	$(BIN)/python -m bench.bench_pit_join $(BENCH_ARGS_PIT)
 
 clean:
 	rm -rf $(VENV) orchard-data .pytest_cache

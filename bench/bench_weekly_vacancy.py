@@ -15,11 +15,10 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import typer
+
+from bench import common
 
 from features.aggregation import BOOKING_COLUMNS, KEY_COLUMNS, VACANCY_SCHEMA
 
@@ -70,18 +71,6 @@ class BenchConfig:
     @property
     def work_dir(self) -> Path:
         return (self.out or Path(tempfile.gettempdir())) / "orchard-bench"
-
-
-@dataclass
-class MethodResult:
-    method: str
-    first_run_seconds: float | None = None
-    """The untimed warm-up: Ray starts and imports in its workers here, every method reads cold files."""
-    seconds: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
 
 
 # ---------------------------------------------------------------- data
@@ -264,8 +253,7 @@ def check_outputs_agree(outputs: dict[str, Path]) -> int:
     return reference.num_rows
 
 
-def result_document(config: BenchConfig, files: list[Path], results: dict[str, MethodResult], output_rows: int) -> dict:
-    pandas_median, duckdb_median = results["pandas"].median, results["duckdb"].median
+def result_document(config: BenchConfig, files: list[Path], results: dict[str, common.MethodResult], output_rows: int) -> dict:
     return {
         "benchmark": "weekly_vacancy",
         "rows": config.rows,
@@ -277,38 +265,17 @@ def result_document(config: BenchConfig, files: list[Path], results: dict[str, M
         "cpus": os.cpu_count(),
         "ray_op_resource_reservation": config.ray_reservation,
         "python": platform.python_version(),
-        "methods": {
-            method: {
-                "median_seconds": round(result.median, 3),
-                "seconds": [round(s, 3) for s in result.seconds],
-                "first_run_seconds": round(result.first_run_seconds, 3),
-                "vs_pandas": round(result.median / pandas_median, 2),
-                "vs_duckdb": round(result.median / duckdb_median, 2),
-            }
-            for method, result in results.items()
-        },
+        "methods": common.summarize(results, ("pandas", "duckdb")),
     }
 
 
 def format_table(document: dict) -> str:
-    lines = [f"weekly vacancy: {document['rows']:,} bookings in {document['files']} CSV files, "
-             f"median of {document['repeats']}, {document['cpus']} CPUs",
-             f"{'method':<10}{'median s':>10}{'vs pandas':>11}{'vs duckdb':>11}{'first run s':>13}   timed runs (s)"]
-    for method, numbers in document["methods"].items():
-        runs = ", ".join(f"{s:.2f}" for s in numbers["seconds"])
-        lines.append(f"{method:<10}{numbers['median_seconds']:>10.2f}{numbers['vs_pandas']:>10.2f}x"
-                     f"{numbers['vs_duckdb']:>10.2f}x{numbers['first_run_seconds']:>13.2f}   {runs}")
-    return "\n".join(lines)
+    title = (f"weekly vacancy: {document['rows']:,} bookings in {document['files']} CSV files, "
+             f"median of {document['repeats']}, {document['cpus']} CPUs")
+    return common.format_table(title, document["methods"], ("pandas", "duckdb"))
 
 
 # ---------------------------------------------------------------- running
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def run_benchmark(config: BenchConfig) -> dict:
@@ -319,7 +286,7 @@ def run_benchmark(config: BenchConfig) -> dict:
 
     files = booking_files(config)
     outputs_dir = config.work_dir / "outputs"
-    results = {method: MethodResult(method) for method in METHODS}
+    results = {method: common.MethodResult(method) for method in METHODS}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
         configure_ray_data(quiet=True)
@@ -330,7 +297,7 @@ def run_benchmark(config: BenchConfig) -> dict:
             outputs = {}
             for method in METHODS:
                 output = outputs_dir / (method if method == "orchard" else f"{method}.parquet")
-                _remove(output)
+                common.remove(output)
                 started = time.perf_counter()
                 RUNNERS[method](files, output)
                 seconds = time.perf_counter() - started

@@ -1,0 +1,68 @@
+"""Feature view definitions: the sensitive-feature guard both ways, and definition errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from features.catalog import all_views, get_group, get_view
+from features.datasets import DatasetError, RandomSplit, TimeSplit, parse_split
+from features.definitions import DefinitionError
+from features.views import FeatureView, Label, SensitiveFeatureError, Selection
+
+USERS, BOOKINGS = get_group("hotel_users"), get_group("hotel_bookings")
+
+
+def _view(**changes) -> FeatureView:
+    arguments = dict(
+        name="audit", version=1, description="test view",
+        label=Label(group=BOOKINGS, target="status", columns=("booking_id", "user_id")),
+        selections=(Selection(USERS, ("home_country", "accessibility_needs"), join_keys={"user_id": "user_id"}),),
+        sensitive_allowed={"hotel_users.accessibility_needs": "audit of step-free room cancellations"},
+    )
+    return FeatureView(**{**arguments, **changes})
+
+
+def test_a_sensitive_feature_with_a_justification_is_allowed():
+    assert _view().sensitive_features() == ["hotel_users.accessibility_needs"]
+
+
+@pytest.mark.parametrize("allowed", [{}, {"hotel_users.accessibility_needs": "  "}])
+def test_a_sensitive_feature_without_a_justification_is_refused_by_name(allowed):
+    with pytest.raises(SensitiveFeatureError, match="sensitive feature 'hotel_users.accessibility_needs'"):
+        _view(sensitive_allowed=allowed)
+
+
+def test_a_justification_for_a_feature_not_selected_is_an_error():
+    with pytest.raises(DefinitionError, match="justifications for unselected features"):
+        _view(selections=(Selection(USERS, ("home_country",), join_keys={"user_id": "user_id"}),))
+
+
+def test_join_keys_must_cover_the_groups_primary_key():
+    with pytest.raises(DefinitionError, match=r"must map its key \['user_id'\]"):
+        _view(selections=(Selection(USERS, ("home_country",), join_keys={"country": "x"}),), sensitive_allowed={})
+
+
+def test_output_names_must_not_clash():
+    with pytest.raises(DefinitionError, match="appear twice"):
+        _view(label=Label(group=BOOKINGS, target="status", columns=("booking_id", "user_id", "hotel_id")),
+              selections=(Selection(get_group("hotel_weekly_vacancy"), ("hotel_id",),
+                                    join_keys={"hotel_id": "hotel_id", "week_start": "check_in"}),),
+              sensitive_allowed={})
+
+
+def test_each_domain_has_a_view():
+    assert {v.name for v in all_views()} == {"fruit_classification", "surf_height", "booking_cancellation"}
+    assert [s.group.name for s in get_view("booking_cancellation").selections] == [
+        "hotel_weekly_vacancy", "hotel_users", "user_session_embedding", "electricity_prices"]
+
+
+def test_split_rules_are_parsed_and_checked():
+    assert parse_split(None, seed=3) == RandomSplit(seed=3)
+    assert parse_split("random:0.8,0.1,0.1") == RandomSplit(0.8, 0.1, 0.1)
+    assert isinstance(parse_split("time:2026-01-02T00:00Z,2026-01-03T00:00Z"), TimeSplit)
+    with pytest.raises(DatasetError, match="add up to 1"):
+        parse_split("random:0.8,0.3,0.1")
+    with pytest.raises(DatasetError, match="must be 'random"):
+        parse_split("kfold:5")
+    with pytest.raises(DatasetError, match="time zone"):
+        parse_split("time:2026-01-02T00:00,2026-01-03T00:00")
