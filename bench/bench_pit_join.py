@@ -298,8 +298,8 @@ def run_benchmark(config: BenchConfig) -> dict:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
         configure_ray_data(quiet=True)  # progress bars off
-        # Ray 2.60's default Parquet reader starts a pool of footer-reading actors for every read, ~1 s each
-        # here; --no-ray-datasource-v2 measures the join with the older reader instead.
+        # Orchard's drivers use the V1 Parquet reader (see configure_ray_data); --ray-datasource-v2 measures
+        # Ray 2.60's default, which starts a pool of footer-reading actors for every read (~1 s each here).
         ray.data.DataContext.get_current().use_datasource_v2 = config.ray_datasource_v2
         for repeat in range(config.repeats + 1):
             outputs = {}

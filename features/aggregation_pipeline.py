@@ -77,7 +77,8 @@ def _finish(group: FeatureGroup, new_totals: pa.Table, newest_event, reducer_jso
             *previous_blocks: pa.Table) -> tuple[pa.Table, str | None]:
     """The rows to commit: new totals merged with each touched key's previous totals, finished, with as_of.
 
-    A key's as_of is the newest upstream event of the run, but always later
+    A key's as_of is 1 µs after the newest upstream event of the run (so a label
+    at that event's time does not see a total that counts it), and always later
     than its previous row's (by 1 µs at least, for late data), so one key never
     has two rows at one instant.
     """
@@ -97,7 +98,8 @@ def _finish(group: FeatureGroup, new_totals: pa.Table, newest_event, reducer_jso
     else:
         finished = aggregation.finish(combined)
     event_type = group.schema.field(group.event_time).type
-    newest = pa.array([newest_event] * finished.num_rows, event_type).cast(pa.int64())
+    # 1 µs after the newest event counted: a label at that event's own time must not see a total including it.
+    newest = pc.add(pa.array([newest_event] * finished.num_rows, event_type).cast(pa.int64()), 1)
     if previous is not None and previous.num_rows:
         earlier = previous.select([*key, group.event_time]).rename_columns([*key, "_previous_as_of"])
         finished = finished.join(earlier, keys=key, join_type="left outer")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,8 +71,10 @@ class TimeSplit:
     test_from: datetime
 
     def __post_init__(self) -> None:
-        if self.validation_from.tzinfo is None or self.test_from.tzinfo is None:
-            raise DatasetError("time split bounds need a time zone (use UTC, e.g. 2026-01-10T00:00:00Z)")
+        for name in ("validation_from", "test_from"):  # naive means UTC, as everywhere in Orchard
+            value = getattr(self, name)
+            if value.tzinfo is None:
+                object.__setattr__(self, name, value.replace(tzinfo=timezone.utc))
         if self.test_from < self.validation_from:
             raise DatasetError("the test split must start at or after the validation split")
 
@@ -97,20 +100,32 @@ def parse_split(text: str | None, seed: int = 0) -> RandomSplit | TimeSplit:
     raise DatasetError(f"split {text!r} must be 'random:TRAIN,VALIDATION,TEST' or 'time:VALIDATION_FROM,TEST_FROM'")
 
 
+def _split_hash_text(batch: pa.Table, key_columns: list[str], time_column: str) -> pa.Array:
+    """Each row's label key and time as canonical text: the same row gives the same text in any batch."""
+    from features.conform import to_utc_timestamps
+
+    parts = [pc.fill_null(pc.cast(batch.column(c), pa.string()), "\u0000") for c in key_columns]
+    micros = pc.cast(pc.cast(to_utc_timestamps(batch.column(time_column)), pa.timestamp("us", tz="UTC")), pa.int64())
+    parts.append(pc.fill_null(pc.cast(micros, pa.string()), "\u0000"))
+    return pc.binary_join_element_wise(*parts, "\u001f")
+
+
 def _assign_split(batch: pa.Table, rule: dict, key_columns: list[str], time_column: str) -> pa.Table:
     if rule["kind"] == "time":
-        times = batch.column(time_column)
+        from features.conform import to_utc_timestamps
+
+        times = to_utc_timestamps(batch.column(time_column))
         validation_from = pa.scalar(datetime.fromisoformat(rule["validation_from"]), times.type)
         test_from = pa.scalar(datetime.fromisoformat(rule["test_from"]), times.type)
         split = pc.if_else(pc.less(times, validation_from), "train",
                            pc.if_else(pc.less(times, test_from), "validation", "test"))
         return batch.append_column(SPLIT_COLUMN, split)
-    frame = batch.select([*key_columns, time_column]).to_pandas()
-    hashes = pd.util.hash_pandas_object(frame, index=False, hash_key=f"{rule['seed']:016d}"[-16:]).to_numpy()
+    text = _split_hash_text(batch, key_columns, time_column).to_numpy(zero_copy_only=False)
+    hashes = pd.util.hash_array(text, hash_key=f"{rule['seed']:016d}"[-16:], categorize=False)
     position = hashes / float(2**64)
-    split = pa.array(pd.cut(position, [-1.0, rule["train"], rule["train"] + rule["validation"], 2.0],
-                            labels=list(SPLITS)).astype(str))
-    return batch.append_column(SPLIT_COLUMN, split)
+    bounds = np.array([rule["train"], rule["train"] + rule["validation"]])
+    split = np.array(SPLITS)[np.searchsorted(bounds, position, side="right")]
+    return batch.append_column(SPLIT_COLUMN, pa.array(split, pa.string()))
 
 
 def dataset_location(view: FeatureView, version: int | None = None) -> str:
@@ -157,7 +172,8 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
         _assign_split, fn_kwargs={"rule": rule, "key_columns": list(label.columns), "time_column": label_time},
         batch_format="pyarrow").materialize()
 
-    transforms = TransformSet(list(view.transforms))
+    # Fresh, unfitted copies: the view's own transform objects are definitions and are never fitted.
+    transforms = TransformSet.from_json(TransformSet(list(view.transforms)).to_json())
     train = assigned.map_batches(_only_split, fn_kwargs={"split": "train"}, batch_format="pyarrow")
     rows_per_split = {name: assigned.map_batches(_only_split, fn_kwargs={"split": name}, batch_format="pyarrow").count()
                       for name in SPLITS}

@@ -174,7 +174,8 @@ USER_SESSION_EMBEDDING = FeatureGroup(
 def days_until_check_in(check_in: pa.Array, at: pa.Array) -> pa.Array:
     """On-demand feature: whole days from the request instant's UTC date to check-in (negative once past).
 
-    Computed when asked (at serving, or at the label's time in training), since it changes every day.
+    Computed when asked, never stored, since it changes every day; training and serving will call it with the
+    label's or the request's time (not yet part of a view).
     """
     request_day = pc.cast(pc.cast(pc.floor_temporal(at, unit="day"), pa.timestamp("s", tz="UTC")), pa.date32())
     return pc.cast(pc.subtract(pc.cast(check_in, pa.int32()), pc.cast(request_day, pa.int32())), pa.int64())

@@ -236,8 +236,9 @@ def _key_hash(columns: list[pa.Array]) -> np.ndarray:
     for column in columns:
         if column.type == pa.int64():
             hashed = _mix(pc.fill_null(column, 0).to_numpy())
-        else:
-            hashed = pd.util.hash_array(column.to_numpy(zero_copy_only=False))
+        else:  # as text with nulls spelled out: the same for a value whether or not its block holds a null
+            text = pc.fill_null(pc.cast(column, pa.string()), "\u0000").to_numpy(zero_copy_only=False)
+            hashed = pd.util.hash_array(text, categorize=False)
         combined = combined * np.uint64(0x9E3779B97F4A7C15) + hashed
     return combined
 
@@ -409,6 +410,9 @@ def _as_of_rows(group: _KeyGroup, labels: pa.Table, label_time: str, rows: list[
         label_offsets = np.searchsorted(distinct, label_times)
         offsets = [None if c is None else np.searchsorted(distinct, c.times) for c in candidates]
         span = len(distinct)
+        if int(key_count) * int(span) >= 1 << 63:  # would overflow int64: refuse rather than mis-sort
+            raise ValueError(f"point-in-time join: {key_count} keys x {span} distinct times in one bucket are too many "
+                             "to pack into 64 bits; join with more buckets")
     label_packed = label_codes * span + label_offsets
     label_order = np.argsort(label_packed)
     label_packed, label_codes = label_packed[label_order], label_codes[label_order]

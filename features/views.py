@@ -76,7 +76,8 @@ class FeatureView:
         for column in (*self.label.columns, self.label.group.event_time):
             if column not in label_names and self.label.derive is None:
                 raise DefinitionError(f"feature view {self.name!r}: label group has no column {column!r}")
-        outputs = list(self.label.columns)
+        outputs = list(dict.fromkeys([*self.label.columns, self.label.group.event_time, self.label.target,
+                                      *self.label.reads]))
         for selection in self.selections:
             known = {f.name for f in selection.group.features}
             for feature in selection.features:
@@ -98,9 +99,13 @@ class FeatureView:
         return f"{self.name}:{self.version}"
 
     def sensitive_features(self) -> list[str]:
-        """`group.feature` of every sensitive feature the view selects."""
-        return [f"{s.group.name}.{name}" for s in self.selections for name in s.features
-                if s.group.feature(name).sensitive]
+        """`group.feature` of every sensitive feature the view uses, on the label side or selected."""
+        label = self.label
+        label_side = [c for c in dict.fromkeys([*label.columns, label.target, *label.reads])
+                      if c in {f.name for f in label.group.features} and label.group.feature(c).sensitive]
+        return [*(f"{label.group.name}.{name}" for name in label_side),
+                *(f"{s.group.name}.{name}" for s in self.selections for name in s.features
+                  if s.group.feature(name).sensitive)]
 
     def check_sensitive(self) -> None:
         for qualified in self.sensitive_features():

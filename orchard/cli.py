@@ -178,7 +178,7 @@ def datasets_create(
     try:
         with stdout_reserved_for_json(as_json):
             metadata = run(context.obj, view, split, seed, quiet=as_json)
-    except (DatasetError, KeyError) as error:
+    except (DatasetError, KeyError, ValueError) as error:
         raise typer.BadParameter(str(error).strip('"'), param_hint="VIEW or --split") from None
     emit(metadata, as_json=as_json, human=lambda m: (
         f"{m['view']} training dataset version {m['version']}: "

@@ -64,5 +64,36 @@ def test_split_rules_are_parsed_and_checked():
         parse_split("random:0.8,0.3,0.1")
     with pytest.raises(DatasetError, match="must be 'random"):
         parse_split("kfold:5")
-    with pytest.raises(DatasetError, match="time zone"):
-        parse_split("time:2026-01-02T00:00,2026-01-03T00:00")
+    naive = parse_split("time:2026-01-02T00:00,2026-01-03T00:00")  # naive means UTC
+    assert naive == parse_split("time:2026-01-02T00:00Z,2026-01-03T00:00Z")
+
+
+def test_a_sensitive_feature_on_the_label_side_needs_a_justification_too():
+    with pytest.raises(SensitiveFeatureError, match="'hotel_users.accessibility_needs'"):
+        FeatureView(name="x", version=1, description="d",
+                    label=Label(group=USERS, target="home_country", columns=("user_id", "accessibility_needs")),
+                    selections=())
+
+
+def test_a_selected_feature_may_not_shadow_the_label_time_or_target():
+    with pytest.raises(DefinitionError, match=r"\['measured_at'\] appear twice"):
+        FeatureView(name="x", version=1, description="d",
+                    label=Label(group=get_group("fruit_measurements"), target="label", columns=("fruit_id",)),
+                    selections=(Selection(get_group("fruit_measurements"), ("red", "measured_at"),
+                                          join_keys={"fruit_id": "fruit_id"}),))
+
+
+def test_a_row_keeps_its_random_split_whatever_batch_it_is_in():
+    from datetime import datetime
+
+    import pyarrow as pa
+
+    from features.datasets import SPLIT_COLUMN, _assign_split
+
+    rule = RandomSplit(0.5, 0.0, 0.5, seed=7).describe()  # a zero fraction is allowed
+    times = [datetime(2026, 1, 1, h) for h in range(24)]
+    table = pa.table({"k": pa.array(list(range(23)) + [None], pa.int64()), "t": pa.array(times, pa.timestamp("ns"))})
+    whole = _assign_split(table, rule, ["k"], "t").column(SPLIT_COLUMN).to_pylist()
+    one_by_one = [_assign_split(table.slice(i, 1).cast(pa.schema([("k", pa.int64()), ("t", pa.timestamp("us", tz="UTC"))])),
+                                rule, ["k"], "t").column(SPLIT_COLUMN)[0].as_py() for i in range(24)]
+    assert whole == one_by_one and set(whole) == {"train", "test"}
