@@ -1,0 +1,436 @@
+"""Training small tf-keras networks on a feature view's training dataset with Ray Train.
+
+`train_dnn` opens the view's training dataset, turns its transformed train and
+validation splits into two Ray Data pipelines (a float32 feature matrix and a
+target per row) and hands them to a `TensorflowTrainer`. The rows stream to the
+workers through `ray.train.get_dataset_shard`; only statistics reach the driver
+(row counts, and the feature means and variances the network standardizes with).
+
+Each worker builds the network inside a `MultiWorkerMirroredStrategy` scope and
+trains one epoch at a time. After every epoch it reports the epoch's metrics
+together with a checkpoint (the model in Keras' native `.keras` format plus a
+small JSON state), because in Ray Train V2 only metrics reported with a
+checkpoint reach `Result`. A restarted worker group (after a worker failure,
+up to `max_failures` times) loads the latest checkpoint from
+`ray.train.get_checkpoint()` and continues with the next epoch; every report
+carries `epoch` and `resumed_from` (the epoch whose checkpoint this attempt
+started from, 0 for a fresh start) so the history shows where it resumed.
+
+The network standardizes its own input with the training split's per-feature
+mean and variance (a Normalization layer saved inside the model): the view's
+transforms leave some features unscaled (surf's compass bearings, 0 to 360),
+and unscaled inputs make a small network's first epochs diverge.
+
+Rows with a null in a feature or in the target are dropped, not imputed, and
+counted per split in the result (`dropped_rows`): a null means the point-in-time
+join found no fresh enough row (e.g. no buoy reading within the TTL), and a
+made-up 0.0 would teach the network a swell that never happened.
+
+`TF_USE_LEGACY_KERAS=1` must be set before TensorFlow is first imported:
+Keras 3 fails inside Ray Train's MultiWorkerMirroredStrategy, tf-keras works.
+The workers and the Train controller get it from the runtime env
+(`OrchardConfig.runtime_env`); `train_dnn` sets it in the driver before
+importing `ray.train.tensorflow`, which imports TensorFlow itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.datasets import TrainingDataset
+from features.transforms import LabelEncoder, TransformSet
+from orchard.storage import Storage
+
+if TYPE_CHECKING:
+    import ray.data
+    import ray.train
+
+log = logging.getLogger(__name__)
+
+Task = Literal["classification", "regression"]
+TASKS = ("classification", "regression")
+RUNS_LOCATION = "train_runs"
+MODEL_FILE = "model.keras"
+STATE_FILE = "state.json"
+DESCRIPTION_FILE = "dnn.json"
+FEATURES_COLUMN = "features"
+TARGET_COLUMN = "target"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class DnnError(ValueError):
+    """A network cannot be described or trained as asked."""
+
+
+@dataclass(frozen=True)
+class DnnSpec:
+    """A feed-forward network on one feature view: ReLU hidden layers, then softmax or one linear unit."""
+
+    name: str
+    view: str
+    """Feature view reference (`fruit_classification` or `fruit_classification:1`)."""
+    task: Task
+    hidden_units: tuple[int, ...] = (32, 16)
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    target: str | None = None
+    """Target column; None takes the view's label target."""
+    excluded_features: tuple[str, ...] = ()
+    """View features the network does not take (identifiers that are neither numbers nor transformed)."""
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise DnnError(f"network name {self.name!r} must be lower case letters, digits, '_' or '-'")
+        if not isinstance(self.view, str) or not self.view:
+            raise DnnError(f"network {self.name}: view must name a feature view, got {self.view!r}")
+        if self.task not in TASKS:
+            raise DnnError(f"network {self.name}: task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        units = tuple(self.hidden_units) if isinstance(self.hidden_units, (list, tuple)) else None
+        if not units or not all(_positive_int(u) for u in units):
+            raise DnnError(f"network {self.name}: hidden_units must be a non-empty list of positive integers, "
+                           f"got {self.hidden_units!r}")
+        object.__setattr__(self, "hidden_units", units)
+        for field_name in ("epochs", "batch_size"):
+            if not _positive_int(getattr(self, field_name)):
+                raise DnnError(f"network {self.name}: {field_name} must be a positive integer, "
+                               f"got {getattr(self, field_name)!r}")
+        rate = self.learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
+            raise DnnError(f"network {self.name}: learning_rate must be a positive number, got {rate!r}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+DNN_SPECS: dict[str, DnnSpec] = {
+    spec.name: spec
+    for spec in (
+        DnnSpec(
+            name="fruit_dnn_classifier",
+            view="fruit_classification",
+            task="classification",
+            description="Apple or orange from colour, size, weight and skin: softmax over the label encoder's classes.",
+        ),
+        DnnSpec(
+            name="surf_dnn_regressor",
+            view="surf_height",
+            task="regression",
+            target="surf_height_m",
+            excluded_features=("buoy_id",),  # a join key the view brings along, not a measurement
+            description="Surf height in metres from the beach's shape and the latest swell at its buoy.",
+        ),
+    )
+}
+
+
+def get_dnn_spec(name: str) -> DnnSpec:
+    if name not in DNN_SPECS:
+        raise KeyError(f"no network named {name!r}; known networks: {', '.join(sorted(DNN_SPECS))}")
+    return DNN_SPECS[name]
+
+
+def scaling_config(workers: int, gpu: bool) -> "ray.train.ScalingConfig":
+    """`workers` training workers with one CPU each, and one GPU each when `gpu`."""
+    from ray.train import ScalingConfig
+
+    if not _positive_int(workers):
+        raise DnnError(f"workers must be a positive integer, got {workers!r}")
+    resources = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
+    return ScalingConfig(num_workers=workers, use_gpu=bool(gpu), resources_per_worker=resources)
+
+
+# -- what the network sees
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The columns that become the network's input vector and target, as the dataset's transforms name them."""
+
+    feature_columns: list[str]
+    target: str
+    classes: list | None
+    """The label encoder's classes (the softmax outputs, in order); None for regression."""
+
+
+def model_inputs(spec: DnnSpec, metadata: dict, transforms: TransformSet) -> ModelInputs:
+    """The transformed feature columns (minus the spec's exclusions) and the target of a training dataset."""
+    view_features = list(metadata["feature_columns"])
+    unknown = [name for name in spec.excluded_features if name not in view_features]
+    if unknown:
+        raise DnnError(f"network {spec.name}: excluded feature(s) {unknown} are not features of {metadata['view']}; "
+                       f"its features are {view_features}")
+    kept = [name for name in view_features if name not in spec.excluded_features]
+    feature_columns = transforms.output_columns(kept)
+    target = spec.target or metadata["label"]["target"]
+    if target in feature_columns:
+        raise DnnError(f"network {spec.name}: target {target!r} is also a feature of {metadata['view']}")
+    encoders = [t for t in transforms.transforms if isinstance(t, LabelEncoder) and t.column == target]
+    if spec.task == "classification":
+        if not encoders:
+            raise DnnError(f"network {spec.name}: a classification target needs a LabelEncoder on {target!r} "
+                           f"in the view's transforms; {metadata['view']} has {transforms.transforms!r}")
+        classes = list(encoders[0].classes_)
+        if len(classes) < 2:
+            raise DnnError(f"network {spec.name}: the training split has only the class(es) {classes}")
+        return ModelInputs(feature_columns, target, classes)
+    if encoders:
+        raise DnnError(f"network {spec.name}: regression target {target!r} is label-encoded; use task classification")
+    return ModelInputs(feature_columns, target, None)
+
+
+def to_model_arrays(batch: pa.Table, feature_columns: list[str], target: str, task: str) -> dict[str, np.ndarray]:
+    """One batch as a float32 feature matrix and a target vector; rows with a null in either are dropped."""
+    for name in [*feature_columns, target]:
+        if name not in batch.column_names:
+            raise DnnError(f"the transformed dataset lacks column {name!r}; it has {batch.column_names}")
+        kind = batch.column(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
+            raise DnnError(f"column {name!r} must hold numbers for the network, got {kind}; "
+                           "transform it in the feature view or exclude it in the DnnSpec")
+    complete = functools.reduce(pc.and_, [pc.is_valid(batch.column(n)) for n in [*feature_columns, target]])
+    batch = batch.filter(complete)
+    columns = [batch.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in feature_columns]
+    features = np.stack(columns, axis=1) if batch.num_rows else np.zeros((0, len(feature_columns)), np.float32)
+    labels = batch.column(target).to_numpy(zero_copy_only=False)
+    labels = labels.astype(np.int64) if task == "classification" else labels.astype(np.float32)
+    return {FEATURES_COLUMN: features, TARGET_COLUMN: labels}
+
+
+def _block_moments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    features = batch[FEATURES_COLUMN].astype(np.float64)
+    mean = features.mean(axis=0) if len(features) else np.zeros(features.shape[1])
+    m2 = np.square(features - mean).sum(axis=0)
+    return {"count": np.array([len(features)]), "mean": mean[None, :], "m2": m2[None, :]}
+
+
+def feature_moments(prepared: "ray.data.Dataset") -> dict:
+    """Row count and per-feature mean and population variance of a prepared split.
+
+    Each block is reduced to (count, mean, M2) on the cluster and the driver
+    merges them with Chan et al.'s parallel update: only statistics move.
+    """
+    count, mean, m2 = 0, None, None
+    for part in prepared.map_batches(_block_moments, batch_format="numpy", batch_size=None).iter_rows():
+        n = int(part["count"])
+        if n == 0:
+            continue
+        if count == 0:
+            count, mean, m2 = n, np.asarray(part["mean"], np.float64), np.asarray(part["m2"], np.float64)
+            continue
+        delta = part["mean"] - mean
+        total = count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + part["m2"] + np.square(delta) * (count * n / total)
+        count = total
+    if count == 0:
+        return {"count": 0, "mean": None, "variance": None}
+    return {"count": count, "mean": mean.tolist(), "variance": (m2 / count).tolist()}
+
+
+# -- the training loop, run by every Ray Train worker
+
+
+def build_model(config: dict):
+    """The network, compiled; call inside the distribution strategy's scope."""
+    import tf_keras
+
+    layers = [tf_keras.Input(shape=(config["n_features"],), name=FEATURES_COLUMN),
+              tf_keras.layers.Normalization(mean=config["feature_mean"], variance=config["feature_variance"],
+                                            name="standardize")]
+    layers += [tf_keras.layers.Dense(units, activation="relu") for units in config["hidden_units"]]
+    if config["task"] == "classification":
+        layers.append(tf_keras.layers.Dense(len(config["classes"]), activation="softmax", name="probabilities"))
+        loss, metric = "sparse_categorical_crossentropy", "accuracy"
+    else:
+        layers.append(tf_keras.layers.Dense(1, name=config["target"]))
+        loss, metric = "mean_squared_error", "mae"
+    model = tf_keras.Sequential(layers)
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=config["learning_rate"]), loss=loss,
+                  metrics=[metric])
+    return model
+
+
+def _tf_dataset(shard, config: dict):
+    """The worker's shard as (features, target) batches; Ray Data's `to_tf` already turns TF's auto-sharding off."""
+    import tensorflow as tf
+
+    target_type = tf.int64 if config["task"] == "classification" else tf.float32
+    # Explicit type specs spare `to_tf` a pass over the data to infer the schema.
+    return shard.to_tf(feature_columns=FEATURES_COLUMN, label_columns=TARGET_COLUMN, batch_size=config["batch_size"],
+                       feature_type_spec=tf.TensorSpec((None, config["n_features"]), tf.float32),
+                       label_type_spec=tf.TensorSpec((None,), target_type))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Train epoch by epoch from the latest checkpoint (if any), reporting metrics with a checkpoint each epoch."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # normally set by the runtime env already
+    import tensorflow as tf
+    import tf_keras
+
+    import ray.train
+
+    tf_keras.utils.set_random_seed(config["seed"])
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    checkpoint = ray.train.get_checkpoint()
+    with strategy.scope():
+        if checkpoint is None:
+            model, completed = build_model(config), 0
+        else:
+            with checkpoint.as_directory() as folder:
+                model = tf_keras.models.load_model(os.path.join(folder, MODEL_FILE))
+                with open(os.path.join(folder, STATE_FILE)) as handle:
+                    completed = json.load(handle)["epoch"]
+            log.info("resuming %s after epoch %d from %s", config["name"], completed, checkpoint.path)
+
+    train = _tf_dataset(ray.train.get_dataset_shard("train"), config)
+    validation = _tf_dataset(ray.train.get_dataset_shard("validation"), config)
+    is_chief = ray.train.get_context().get_world_rank() == 0
+    after_epoch: Callable[[int], None] | None = config.get("after_epoch")
+    for epoch in range(completed + 1, config["epochs"] + 1):
+        fitted = model.fit(train, validation_data=validation, epochs=epoch, initial_epoch=epoch - 1, verbose=0)
+        metrics = {name: float(values[-1]) for name, values in fitted.history.items()}
+        metrics.update(epoch=epoch, resumed_from=completed)
+        with tempfile.TemporaryDirectory(prefix="orchard-dnn-") as folder:
+            # Every worker saves (MultiWorkerMirroredStrategy expects all of them to), only rank 0's copy is
+            # reported. The explicit format matters: tf-keras keeps its "native format on" switch per thread and
+            # leaves it off after a first save in a non-main thread (Ray Train runs this loop in one), so later
+            # saves to "model.keras" would silently write HDF5.
+            model.save(os.path.join(folder, MODEL_FILE), save_format="keras_v3")
+            with open(os.path.join(folder, STATE_FILE), "w") as handle:
+                json.dump({"epoch": epoch, "metrics": metrics}, handle)
+            with open(os.path.join(folder, DESCRIPTION_FILE), "w") as handle:
+                json.dump(config["description"], handle, indent=2)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if is_chief else None,
+                             checkpoint_dir_name=f"epoch_{epoch:04d}")
+        if after_epoch is not None:
+            after_epoch(epoch)
+
+
+# -- the driver side
+
+
+def train_dnn(
+    storage: Storage,
+    spec: DnnSpec,
+    *,
+    workers: int = 1,
+    gpu: bool = False,
+    epochs: int | None = None,
+    dataset_version: int | None = None,
+    max_failures: int = 2,
+    run_name: str | None = None,
+    after_epoch: Callable[[int], None] | None = None,
+) -> dict:
+    """Train `spec` on its view's training dataset (the latest unless `dataset_version`) with Ray Train.
+
+    The run lives under `<storage>/train_runs/<run_name>`; a `run_name` that
+    already holds checkpoints continues from its latest one. `after_epoch(epoch)`
+    runs in every worker after each epoch's report (a hook for progress or fault
+    injection). Returns the final metrics, the per-epoch history, the last
+    checkpoint's path and the epoch count; the model is not registered.
+    """
+    from features.catalog import get_view
+    from orchard.runtime import prepare_driver_environment
+
+    prepare_driver_environment()  # before ray.train.tensorflow, which imports TensorFlow
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    epochs = spec.epochs if epochs is None else epochs
+    if not _positive_int(epochs):
+        raise DnnError(f"epochs must be a positive integer, got {epochs!r}")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
+        raise DnnError(f"max_failures must be -1 (retry forever) or a non-negative integer, got {max_failures!r}")
+    started = time.perf_counter()
+    view = get_view(spec.view)
+    dataset = TrainingDataset.open(storage, view, dataset_version)
+    inputs = model_inputs(spec, dataset.metadata, dataset.transforms())
+
+    prepared, rows, dropped = {}, {}, {}
+    for split in ("train", "validation"):
+        prepared[split] = dataset.read_transformed(split).map_batches(
+            to_model_arrays, batch_format="pyarrow",
+            fn_kwargs={"feature_columns": inputs.feature_columns, "target": inputs.target, "task": spec.task})
+        moments = feature_moments(prepared[split])
+        if split == "train":
+            train_moments = moments
+        rows[split] = moments["count"]
+        dropped[split] = dataset.metadata["rows"][split] - rows[split]
+        if rows[split] == 0:
+            raise DnnError(f"network {spec.name}: the {split} split of {view.ref} v{dataset.metadata['version']} has "
+                           f"no complete rows ({dropped[split]} dropped for nulls)")
+    if any(dropped.values()):
+        log.warning("network %s: dropped rows with null features or target: %s", spec.name, dropped)
+
+    description = {
+        "spec": asdict(spec),
+        "feature_columns": inputs.feature_columns,
+        "target": inputs.target,
+        "classes": inputs.classes,
+        "dataset": {"view": view.ref, "version": dataset.metadata["version"], "location": dataset.location},
+    }
+    config = {
+        "name": spec.name,
+        "task": spec.task,
+        "target": inputs.target,
+        "classes": inputs.classes,
+        "n_features": len(inputs.feature_columns),
+        "feature_mean": train_moments["mean"],
+        "feature_variance": train_moments["variance"],
+        "hidden_units": list(spec.hidden_units),
+        "learning_rate": spec.learning_rate,
+        "batch_size": spec.batch_size,
+        "epochs": epochs,
+        "seed": spec.seed,
+        "description": description,
+        "after_epoch": after_epoch,
+    }
+    run_name = run_name or f"{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    trainer = TensorflowTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=scaling_config(workers, gpu),
+        datasets=prepared,
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage.uri(RUNS_LOCATION),
+            failure_config=FailureConfig(max_failures=max_failures),
+            # Every epoch's checkpoint is kept (a few KB for these networks): it holds that epoch's metrics.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+    )
+    result = trainer.fit()
+    history = sorted((dict(metrics) for _, metrics in result.best_checkpoints or []), key=lambda m: m["epoch"])
+    if result.checkpoint is None or not history:
+        raise DnnError(f"network {spec.name}: run {run_name} finished without a checkpoint")
+    return {
+        "name": spec.name,
+        "run_name": run_name,
+        "run_path": result.path,
+        "checkpoint": result.checkpoint.path,
+        "epochs": int(result.metrics["epoch"]),
+        "metrics": dict(result.metrics),
+        "history": history,
+        "rows": rows,
+        "dropped_rows": dropped,
+        **{key: description[key] for key in ("feature_columns", "target", "classes", "dataset")},
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,138 @@
+"""The DNN's pure parts: resource requests, spec validation, and how dataset rows become network inputs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from features.transforms import LabelEncoder, OneHotEncoder, StandardScaler, TransformSet
+from orchard.dnn import DNN_SPECS, DnnError, DnnSpec, get_dnn_spec, model_inputs, scaling_config, to_model_arrays
+
+
+def test_gpu_scaling_asks_for_one_gpu_and_one_cpu_per_worker():
+    config = scaling_config(2, gpu=True)
+    assert config.use_gpu is True
+    assert config.num_workers == 2
+    assert config.num_gpus_per_worker == 1
+    assert config.num_cpus_per_worker == 1
+
+
+def test_cpu_scaling_asks_for_no_gpu():
+    config = scaling_config(1, gpu=False)
+    assert config.use_gpu is False
+    assert config.num_workers == 1
+    assert config.num_gpus_per_worker == 0
+    assert config.resources_per_worker == {"CPU": 1}
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_scaling_refuses_a_worker_count_that_is_not_a_positive_integer(workers):
+    with pytest.raises(DnnError, match="workers must be a positive integer"):
+        scaling_config(workers, gpu=False)
+
+
+def test_the_two_demo_networks_are_declared():
+    assert get_dnn_spec("fruit_dnn_classifier").task == "classification"
+    assert get_dnn_spec("fruit_dnn_classifier").view == "fruit_classification"
+    surf = DNN_SPECS["surf_dnn_regressor"]
+    assert (surf.task, surf.view, surf.target) == ("regression", "surf_height", "surf_height_m")
+
+
+def test_an_unknown_network_name_lists_the_known_ones():
+    with pytest.raises(KeyError, match="fruit_dnn_classifier, surf_dnn_regressor"):
+        get_dnn_spec("nope")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"task": "ranking"}, "task must be one of classification, regression, got 'ranking'"),
+    ({"hidden_units": ()}, "hidden_units must be a non-empty list of positive integers"),
+    ({"hidden_units": (16, 0)}, "hidden_units must be a non-empty list of positive integers"),
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
+    ({"learning_rate": 0.0}, "learning_rate must be a positive number, got 0.0"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a positive number"),
+    ({"name": "Fruit DNN"}, "network name 'Fruit DNN' must be lower case"),
+    ({"view": ""}, "view must name a feature view"),
+])
+def test_an_invalid_spec_is_refused_with_the_field_named(changes, message):
+    with pytest.raises(DnnError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        replace(DNN_SPECS["fruit_dnn_classifier"], **changes)
+
+
+def test_hidden_units_given_as_a_list_are_kept_as_a_tuple():
+    assert DnnSpec("net", "fruit_classification", "regression", hidden_units=[8, 4]).hidden_units == (8, 4)
+
+
+def _fitted(transforms: list, table: pa.Table) -> TransformSet:
+    return TransformSet(transforms).fit_table(table)
+
+
+FRUIT_ROWS = pa.table({"weight_g": [150.0, 200.0, 250.0], "red": [0.8, 0.9, 0.5],
+                       "label": ["orange", "apple", "apple"]})
+FRUIT_METADATA = {"view": "fruit_classification:1", "feature_columns": ["red", "weight_g"],
+                  "label": {"target": "label"}}
+
+
+def test_classification_inputs_take_the_label_encoders_classes_in_order():
+    transforms = _fitted([StandardScaler("weight_g"), LabelEncoder("label")], FRUIT_ROWS)
+    inputs = model_inputs(DNN_SPECS["fruit_dnn_classifier"], FRUIT_METADATA, transforms)
+    assert inputs.feature_columns == ["red", "weight_g"]
+    assert inputs.target == "label"
+    assert inputs.classes == ["apple", "orange"]
+
+
+def test_one_hot_features_expand_to_their_output_columns_and_excluded_ones_are_left_out():
+    rows = pa.table({"buoy_id": ["b1", "b2"], "bottom": ["reef", "sand"], "swell_height_m": [1.0, 2.0],
+                     "surf_height_m": [0.5, 1.5]})
+    transforms = _fitted([OneHotEncoder("bottom", unknown="other"), StandardScaler("swell_height_m")], rows)
+    metadata = {"view": "surf_height:1", "feature_columns": ["buoy_id", "bottom", "swell_height_m"],
+                "label": {"target": "surf_height_m"}}
+    inputs = model_inputs(DNN_SPECS["surf_dnn_regressor"], metadata, transforms)
+    assert inputs.feature_columns == ["bottom=reef", "bottom=sand", "bottom=__other__", "swell_height_m"]
+    assert (inputs.target, inputs.classes) == ("surf_height_m", None)
+
+
+def test_excluding_a_feature_the_view_does_not_have_is_an_error():
+    spec = replace(DNN_SPECS["fruit_dnn_classifier"], excluded_features=("colour",))
+    transforms = _fitted([LabelEncoder("label")], FRUIT_ROWS)
+    with pytest.raises(DnnError, match=r"excluded feature\(s\) \['colour'\] are not features"):
+        model_inputs(spec, FRUIT_METADATA, transforms)
+
+
+def test_classification_without_a_label_encoder_on_the_target_is_an_error():
+    transforms = _fitted([StandardScaler("weight_g")], FRUIT_ROWS)
+    with pytest.raises(DnnError, match="needs a LabelEncoder on 'label'"):
+        model_inputs(DNN_SPECS["fruit_dnn_classifier"], FRUIT_METADATA, transforms)
+
+
+def test_rows_become_a_float32_matrix_and_a_class_index_vector():
+    batch = pa.table({"fruit_id": ["a", "b"], "red": [0.5, 0.25], "weight_g": [1, 2], "label": [1, 0]})
+    arrays = to_model_arrays(batch, ["red", "weight_g"], "label", "classification")
+    assert arrays["features"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["features"], [[0.5, 1.0], [0.25, 2.0]])
+    assert arrays["target"].dtype == np.int64
+    np.testing.assert_array_equal(arrays["target"], [1, 0])
+
+
+def test_rows_with_a_null_feature_or_target_are_dropped():
+    batch = pa.table({"x": [1.0, None, 3.0, 4.0], "y": [1.0, 2.0, 3.0, 4.0], "t": [0.1, 0.2, None, 0.4]})
+    arrays = to_model_arrays(batch, ["x", "y"], "t", "regression")
+    np.testing.assert_array_equal(arrays["features"], [[1.0, 1.0], [4.0, 4.0]])
+    np.testing.assert_allclose(arrays["target"], [0.1, 0.4])
+    assert arrays["target"].dtype == np.float32
+
+
+def test_a_batch_without_complete_rows_gives_empty_arrays_of_the_right_width():
+    batch = pa.table({"x": pa.array([None], pa.float64()), "t": [1.0]})
+    arrays = to_model_arrays(batch, ["x"], "t", "regression")
+    assert arrays["features"].shape == (0, 1)
+    assert arrays["target"].shape == (0,)
+
+
+def test_a_text_feature_is_refused_by_name():
+    batch = pa.table({"buoy_id": ["b1"], "t": [1.0]})
+    with pytest.raises(DnnError, match="column 'buoy_id' must hold numbers for the network, got string"):
+        to_model_arrays(batch, ["buoy_id"], "t", "regression")
