@@ -13,7 +13,6 @@ sorted by label id, must be equal, or the benchmark fails.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -36,7 +35,6 @@ from bench import common
 
 log = logging.getLogger("bench.pit_join")
 
-METHODS = ("orchard", "duckdb", "pandas")
 LABEL_TIME = "label_at"
 YEAR_START = np.datetime64("2024-01-01T00:00:00", "us").astype(np.int64)
 YEAR_MICROSECONDS = 366 * 86_400 * 1_000_000
@@ -294,28 +292,14 @@ def run_benchmark(config: BenchConfig) -> dict:
     data = bench_data(config)
     schema = output_schema(data.labels[0])
     outputs_dir = config.work_dir / "pit-outputs"
-    results = {method: common.MethodResult(method) for method in METHODS}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
         configure_ray_data(quiet=True)  # progress bars off
         # Orchard's drivers use the V1 Parquet reader (see configure_ray_data); --ray-datasource-v2 measures
         # Ray 2.60's default, which starts a pool of footer-reading actors for every read (~1 s each here).
         ray.data.DataContext.get_current().use_datasource_v2 = config.ray_datasource_v2
-        for repeat in range(config.repeats + 1):
-            outputs = {}
-            for method in METHODS:
-                output = outputs_dir / (method if method == "orchard" else f"{method}.parquet")
-                common.remove(output)
-                started = time.perf_counter()
-                RUNNERS[method](data, output)
-                seconds = time.perf_counter() - started
-                if repeat == 0:
-                    results[method].first_run_seconds = seconds
-                else:
-                    results[method].seconds.append(seconds)
-                log.info("%s %s: %.2f s", f"repeat {repeat}" if repeat else "first run", method, seconds)
-                outputs[method] = output
-            counts = check_outputs_agree(outputs, schema)
+        results, counts = common.time_methods(RUNNERS, data, outputs_dir, config.repeats,
+                                             lambda outputs: check_outputs_agree(outputs, schema))
     finally:
         ray.shutdown()
     return result_document(config, data, results, counts)
@@ -342,12 +326,7 @@ def main(
     config = BenchConfig(labels=labels, rows=rows, keys=keys, repeats=repeats, seed=seed,
                          rows_per_file=rows_per_file, ray_datasource_v2=ray_datasource_v2, out=out)
     document = run_benchmark(config)
-    if out is not None:
-        (out / "result.json").write_text(json.dumps(document, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(document, indent=2))
-    else:
-        print(format_table(document))
+    common.publish(document, format_table(document), out, as_json)
 
 
 if __name__ == "__main__":

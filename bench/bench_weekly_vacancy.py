@@ -10,7 +10,6 @@ round, or the benchmark fails.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -53,7 +52,6 @@ DUCKDB_TYPES = {
     "check_in": "DATE", "nights": "BIGINT", "rooms": "BIGINT", "hotel_rooms": "BIGINT", "status": "VARCHAR",
     "price_eur": "DOUBLE",
 }
-METHODS = ("orchard", "pandas", "duckdb")
 
 
 @dataclass(frozen=True)
@@ -286,28 +284,14 @@ def run_benchmark(config: BenchConfig) -> dict:
 
     files = booking_files(config)
     outputs_dir = config.work_dir / "outputs"
-    results = {method: common.MethodResult(method) for method in METHODS}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
         configure_ray_data(quiet=True)
         # With reservation, Ray Data sets aside a share of the CPUs for every operator: on two
         # cores the write operator holds one for the whole run and read + partials get the other.
         ray.data.DataContext.get_current().op_resource_reservation_enabled = config.ray_reservation
-        for repeat in range(config.repeats + 1):
-            outputs = {}
-            for method in METHODS:
-                output = outputs_dir / (method if method == "orchard" else f"{method}.parquet")
-                common.remove(output)
-                started = time.perf_counter()
-                RUNNERS[method](files, output)
-                seconds = time.perf_counter() - started
-                if repeat == 0:
-                    results[method].first_run_seconds = seconds
-                else:
-                    results[method].seconds.append(seconds)
-                log.info("%s %s: %.2f s", f"repeat {repeat}" if repeat else "first run", method, seconds)
-                outputs[method] = output
-            output_rows = check_outputs_agree(outputs)
+        results, output_rows = common.time_methods(RUNNERS, files, outputs_dir, config.repeats,
+                                             check_outputs_agree)
     finally:
         ray.shutdown()
     return result_document(config, files, results, output_rows)
@@ -333,12 +317,7 @@ def main(
     config = BenchConfig(rows=rows, repeats=repeats, seed=seed, hotels=hotels, rows_per_file=rows_per_file,
                          ray_reservation=ray_reservation, out=out)
     document = run_benchmark(config)
-    if out is not None:
-        (out / "result.json").write_text(json.dumps(document, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(document, indent=2))
-    else:
-        print(format_table(document))
+    common.publish(document, format_table(document), out, as_json)
 
 
 if __name__ == "__main__":

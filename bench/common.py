@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger("bench")
 
 
 @dataclass
@@ -48,3 +53,36 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def time_methods(runners: dict, inputs, outputs_dir: Path, repeats: int, check) -> tuple[dict[str, MethodResult], object]:
+    """One untimed warm-up round, then `repeats` timed rounds; the methods take turns within each round.
+
+    After every round `check(outputs)` compares the methods' outputs (and fails if they differ); its last
+    result is returned with the timings.
+    """
+    results = {method: MethodResult(method) for method in runners}
+    checked = None
+    for repeat in range(repeats + 1):
+        outputs = {}
+        for method, run in runners.items():
+            output = outputs_dir / (method if method == "orchard" else f"{method}.parquet")
+            remove(output)
+            started = time.perf_counter()
+            run(inputs, output)
+            seconds = time.perf_counter() - started
+            if repeat == 0:
+                results[method].first_run_seconds = seconds
+            else:
+                results[method].seconds.append(seconds)
+            log.info("%s %s: %.2f s", f"repeat {repeat}" if repeat else "first run", method, seconds)
+            outputs[method] = output
+        checked = check(outputs)
+    return results, checked
+
+
+def publish(document: dict, table: str, out: Path | None, as_json: bool) -> None:
+    """Write `out/result.json` when asked; print the document (--json) or the table."""
+    if out is not None:
+        (out / "result.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps(document, indent=2) if as_json else table)

@@ -151,6 +151,13 @@ class _WeekBins:
         return used, (used if self.keys is None else self.keys[used])
 
 
+def week_start(days: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The Monday of each date's week (nulls stay null)."""
+    numbers = pc.cast(days, pa.int32()).to_numpy(zero_copy_only=False).astype("float64")
+    mondays = numbers - np.mod(numbers + _EPOCH_WEEKDAY, _DAYS_PER_WEEK)
+    return pa.array(mondays, mask=np.isnan(mondays)).cast(pa.int32()).cast(pa.date32())
+
+
 def combine_partials(partials: pa.Table) -> pa.Table:
     """One row per (hotel, week) of any mix of partial or total rows, sorted by key; extra columns are dropped."""
     _require_columns(partials, PARTIAL_SCHEMA.names, "partials")

@@ -16,7 +16,7 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.aggregation import combine_partials, weekly_partials, with_vacancy
+from features.aggregation import combine_partials, week_start, weekly_partials, with_vacancy
 from features.binning import AGE_BANDS, age_band
 from features.definitions import EVENT_TIME_TYPE, Aggregation, Feature, FeatureGroup, FileSource, SqlSource
 from features.embedding import EMBEDDING_PREFIX, PAGES, SessionReducer, combine_counts, count_column, page_counts
@@ -191,12 +191,6 @@ def zone_of_hotel(hotel_id: pa.Array) -> pa.Array:
     """The electricity bidding zone a hotel buys in (hotel metadata: h-001 DE-LU, h-002 FR, h-003 NL, ...)."""
     number = pc.cast(pc.utf8_slice_codeunits(hotel_id, 2), pa.int64())
     return pc.take(pa.array(ZONES), pc.cast(pc.subtract(number, 1), pa.int64()).to_numpy(zero_copy_only=False) % len(ZONES))
-
-
-def week_start(days: pa.Array) -> pa.Array:
-    """The Monday of each date's ISO week."""
-    numbers = pc.cast(days, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")
-    return pa.array((numbers - (numbers + 3) % 7).astype("int32")).cast(pa.date32())
 
 
 def _booking_label_columns(bookings: pa.Table) -> pa.Table:

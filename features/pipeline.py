@@ -153,7 +153,8 @@ def _existing_keys(store: OfflineStore, group: FeatureGroup, new_refs: list):
     from deltalake import DeltaTable
 
     dates_of = ray.remote(_event_dates)
-    dates = sorted(set().union(*(ray.get(dates_of.remote(ref, group.event_time)).to_pylist() for ref in new_refs)))
+    per_block = ray.get([dates_of.remote(ref, group.event_time) for ref in new_refs])
+    dates = sorted(set().union(*(block_dates.to_pylist() for block_dates in per_block)))
     (partition,) = group.partition_columns
     files = DeltaTable(store.table_uri(group)).file_uris(
         partition_filters=[(partition, "in", [d.isoformat() for d in dates])]) if dates else []

@@ -152,15 +152,9 @@ def features_run(
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON (one line per run with --follow)."),
 ) -> None:
     """Run a feature group's pipeline into the offline store (once, or with --follow until stopped)."""
-    from pipelines.features import emit_report, follow as follow_group, run
+    from pipelines.features import run_command
 
-    with stdout_reserved_for_json(as_json) as print_line:
-        if follow:
-            follow_group(context.obj, group, interval,
-                         lambda report: print_line(report.to_dict()) if as_json else emit_report(report), quiet=as_json)
-            return
-        report = run(context.obj, group, quiet=as_json)
-    emit(report.to_dict(), as_json=as_json)
+    run_command(context.obj, group, follow_=follow, interval=interval, as_json=as_json)
 
 
 @datasets_app.command("create")

@@ -72,7 +72,12 @@ def main(
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON (one line per run with --follow)."),
 ) -> None:
     """Run the feature pipeline of one feature group."""
-    config = OrchardConfig.from_sources(storage=storage, ray_address=ray_address)
+    run_command(OrchardConfig.from_sources(storage=storage, ray_address=ray_address), group, follow_=follow_,
+                interval=interval, as_json=as_json)
+
+
+def run_command(config: OrchardConfig, group: str, *, follow_: bool, interval: float, as_json: bool) -> None:
+    """What `orchard features run` and this module's command do: one run, or --follow, and their reports."""
     with stdout_reserved_for_json(as_json) as print_line:
         if follow_:
             follow(config, group, interval, lambda r: print_line(r.to_dict()) if as_json else emit_report(r),

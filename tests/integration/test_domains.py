@@ -38,31 +38,31 @@ def test_surf_generator_feeds_every_surf_group_and_bad_records_end_in_quarantine
         assert report.rows_read == report.rows_written + report.rows_quarantined + report.rows_duplicate
 
 
-def _weekly_reference(bookings) -> dict:
-    """Brute force, night by night: (hotel, Monday) -> (room-nights, bookings, capacity)."""
-    nights_booked, bookings_seen, capacity = defaultdict(int), defaultdict(set), {}
+def _booked_weeks(bookings):
+    """(hotel, Monday of the night, booking row) for every night of every confirmed booking."""
     for row in bookings.to_pylist():
         if row["status"] != "confirmed":
             continue
         for night in range(row["nights"]):
             day = row["check_in"] + timedelta(days=night)
-            key = (row["hotel_id"], day - timedelta(days=day.weekday()))
-            nights_booked[key] += row["rooms"]
-            bookings_seen[key].add(row["booking_id"])
-            capacity[key] = max(capacity.get(key, 0), row["hotel_rooms"])
+            yield (row["hotel_id"], day - timedelta(days=day.weekday())), row
+
+
+def _weekly_reference(bookings) -> dict:
+    """Brute force, night by night: (hotel, Monday) -> (room-nights, bookings, capacity)."""
+    nights_booked, bookings_seen, capacity = defaultdict(int), defaultdict(set), {}
+    for key, row in _booked_weeks(bookings):
+        nights_booked[key] += row["rooms"]
+        bookings_seen[key].add(row["booking_id"])
+        capacity[key] = max(capacity.get(key, 0), row["hotel_rooms"])
     return {key: (nights_booked[key], len(bookings_seen[key]), capacity[key]) for key in nights_booked}
 
 
 def _newest_counted_booking(bookings) -> dict:
     """(hotel, Monday) -> the latest booked_at among the confirmed bookings with a night in that week."""
     newest = {}
-    for row in bookings.to_pylist():
-        if row["status"] != "confirmed":
-            continue
-        for night in range(row["nights"]):
-            day = row["check_in"] + timedelta(days=night)
-            key = (row["hotel_id"], day - timedelta(days=day.weekday()))
-            newest[key] = max(newest.get(key, row["booked_at"]), row["booked_at"])
+    for key, row in _booked_weeks(bookings):
+        newest[key] = max(newest.get(key, row["booked_at"]), row["booked_at"])
     return newest
 
 
