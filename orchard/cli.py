@@ -6,11 +6,13 @@ import logging
 import signal
 import sys
 import threading
+from typing import List, Optional
 
 import typer
 
 from orchard.config import ConfigError, OrchardConfig
 from orchard.output import emit, stdout_reserved_for_json
+from pipelines import train as train_job
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,17 +52,19 @@ def configure(
 @app.command()
 def demo(
     context: typer.Context,
-    rows: int = typer.Option(2000, "--rows", min=50, help="Fruit to generate for this run."),
+    rows: int = typer.Option(2000, "--rows", min=50, help="Fruit to generate for this run (a third as many surf rows)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the generated data."),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="Epochs of the two networks."),
     port: int = typer.Option(None, "--port", help="HTTP port for Ray Serve (default 8000, env ORCHARD_SERVE_PORT)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run the whole path once: generate fruit, build features, train, register, serve, query, shut down."""
+    """Run the whole path once: generate fruit and surf data, build features and training datasets, train and
+    register four models, serve them over HTTP, query them, shut down."""
     from orchard.demo import run_demo
 
     config = context.obj.with_overrides(serve_port=port)
     with stdout_reserved_for_json(as_json):
-        result = run_demo(config, rows=rows, seed=seed)
+        result = run_demo(config, rows=rows, seed=seed, epochs=epochs)
     if as_json:
         emit(result, as_json=True)
 
@@ -214,25 +218,51 @@ def datasets_show(
 @app.command()
 def train(
     context: typer.Context,
-    model: str = typer.Argument(..., help="Model to train, e.g. fruit_classifier."),
-    alias: str = typer.Option(None, "--alias", help="Point this alias (e.g. production) at the new version."),
+    models: List[str] = typer.Argument(..., help="Model(s) to train: fruit_classifier, surf_regressor, fruit_dnn_classifier, surf_dnn_regressor."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="VIEW[:VERSION]: the training dataset (default: newest)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=train_job.WORKERS_HELP),
+    gpu: bool = typer.Option(False, "--gpu", help=train_job.GPU_HELP),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of a network (default: its spec's)."),
+    force: bool = typer.Option(False, "--force", help="Register even a model that does not beat its baseline."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Point this alias (e.g. production) at the new version."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train a model on its feature table and register it as a new version."""
-    from pipelines.train import run
-
-    with stdout_reserved_for_json(as_json):
-        result = run(context.obj, model, alias=alias, quiet=as_json)
-    emit(result, as_json=as_json)
+    """Train models on their views' training datasets, evaluate on the test split, register those beating baseline."""
+    train_job.run_command(context.obj, models, as_json=as_json, dataset=dataset, workers=workers, gpu=gpu,
+                          epochs=epochs, force=force, alias=alias)
 
 
-@models_app.command("list")
-def models_list(context: typer.Context, as_json: bool = JSON_OPTION) -> None:
-    """List registered models with their versions and aliases."""
+def _registry(context: typer.Context):
     from orchard.registry import ModelRegistry
     from orchard.storage import Storage
 
-    registry = ModelRegistry(Storage(context.obj.storage))
+    return ModelRegistry(Storage(context.obj.storage))
+
+
+def _registry_call(function, hint: str = "MODEL"):
+    """Run a registry operation; its RegistryError becomes a usage error naming the problem."""
+    from orchard.registry import RegistryError
+
+    try:
+        return function()
+    except RegistryError as error:
+        raise typer.BadParameter(str(error), param_hint=hint) from None
+
+
+@models_app.command("list")
+def models_list(
+    context: typer.Context,
+    model: Optional[str] = typer.Argument(None, help="Show this model's versions with their aliases and test metrics."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List registered models with their versions and aliases, or one model's versions in detail."""
+    registry = _registry(context)
+    if model:
+        rows = [vars(v) for v in _registry_call(lambda: registry.list_versions(model))]
+        emit(rows, as_json=as_json, human=lambda rs: "\n".join(
+            f"{model}:{r['version']:<4} {r['created_at'][:19]}  {','.join(r['aliases']) or '-':20} "
+            + " ".join(f"{k}={v:.4g}" for k, v in sorted(r["test_metrics"].items())) for r in rs))
+        return
     rows = [{"name": n, "versions": registry.versions(n), "aliases": registry.aliases(n)} for n in registry.models()]
     emit(rows, as_json=as_json, human=lambda rs: "\n".join(
         f"{r['name']:28} versions {r['versions']} aliases {r['aliases']}" for r in rs) or "no models registered")
@@ -245,15 +275,45 @@ def models_show(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show one model version's card: signature, metrics, lineage."""
-    from orchard.registry import ModelRegistry, RegistryError
-    from orchard.storage import Storage
-
     name, _, reference = model.partition(":")
-    try:
-        card = ModelRegistry(Storage(context.obj.storage)).get(name, reference or None).card
-    except RegistryError as error:
-        raise typer.BadParameter(str(error), param_hint="MODEL") from None
-    emit(card, as_json=True if as_json else False)
+    card = _registry_call(lambda: _registry(context).get(name, reference or None).card)
+    emit(card, as_json=as_json)
+
+
+@models_app.command("promote")
+def models_promote(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="Model name."),
+    version: str = typer.Argument(..., help="Version number (or an alias whose version to take)."),
+    alias: str = typer.Option("production", "--alias", help="Alias to point at the version (production, staging, ...)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Point an alias at a version; rolling back is promoting an older version."""
+    registry = _registry(context)
+    previous = _registry_call(lambda: registry.promote(model, version, alias))
+    result = {"model": model, "alias": alias, "version": registry.resolve(model, alias), "previous": previous}
+    emit(result, as_json=as_json, human=lambda r: f"{r['model']}@{r['alias']}: {r['previous']} -> {r['version']}")
+
+
+@models_app.command("best")
+def models_best(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="Model name."),
+    metric: str = typer.Option(..., "--metric", help="Test metric to rank by: accuracy, macro_f1, r2, mae, rmse, ..."),
+    higher_is_better: Optional[bool] = typer.Option(
+        None, "--higher-is-better/--lower-is-better", help="Direction, for a metric Orchard does not know."),
+    alias: Optional[str] = typer.Option(None, "--promote", help="Also point this alias at the best version."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The version with the best test metric (the newest of tied ones)."""
+    registry = _registry(context)
+    best = _registry_call(lambda: registry.best(model, metric, higher_is_better=higher_is_better), "--metric")
+    result = {"model": model, "version": best.version, "metric": metric, "value": best.test_metrics[metric]}
+    if alias:
+        result["previous"] = registry.promote(model, best.version, alias)
+        result["alias"] = alias
+    emit(result, as_json=as_json, human=lambda r: f"{r['model']}:{r['version']} has the best {r['metric']} "
+         f"({r['value']:.4g})" + (f"; {r['alias']} now points at it" if alias else ""))
 
 
 @app.command("serve")

@@ -1,7 +1,10 @@
-"""The end-to-end demo: raw files -> features -> two trained models -> HTTP predictions.
+"""The end-to-end demo: raw files -> features -> training datasets -> four trained models -> HTTP predictions.
 
 Every step is the same library call the individual commands make; the demo only
-strings them together and prints what happens.
+strings them together and prints what happens. Two domains from the lecture:
+fruit (apple or orange, a classifier) and surf (wave height at a beach, a
+regressor), each with a decision tree (grid search on Ray tasks) and a tf-keras
+network (Ray Train).
 """
 
 from __future__ import annotations
@@ -12,106 +15,121 @@ from typing import Callable
 
 import httpx
 
-from features.catalog import get_group
+from features.catalog import get_view
+from features.datasets import RandomSplit, TrainingDataset, create_training_dataset
 from features.pipeline import run_feature_pipeline
-from features.synthetic import fruit_frame, write_fruit
+from features.surf import FEATURE_GROUPS as SURF_GROUPS
+from features.synthetic import write_fruit
+from features.synthetic_surf import write_surf
 from orchard.config import OrchardConfig
+from orchard.dnn import DnnSpec
 from orchard.predictor import Predictor
 from orchard.registry import ModelRegistry
 from orchard.runtime import ray_session
 from orchard.storage import Storage
-from orchard.training import get_spec, train_and_register
+from orchard.training import BelowBaselineError, get_spec, train_model
 
-DEMO_MODELS = ("fruit_classifier", "apple_weight_regressor")
+DEMO_MODELS = ("fruit_classifier", "surf_regressor", "fruit_dnn_classifier", "surf_dnn_regressor")
+STEPS = 7
 
 
 class DemoError(RuntimeError):
     """The demo found the service disagreeing with the registered model."""
 
 
-def sample_fruit(seed: int = 12345, count: int = 6) -> list[dict]:
-    """Fresh fruit the models have never seen, as raw feature values."""
-    frame = fruit_frame(count * 4, seed=seed)
-    picks = frame.groupby("variety").head(count // 3 or 1).head(count)
-    return picks.drop(columns=["fruit_id", "measured_at"]).to_dict(orient="records")
+def held_out_rows(storage: Storage, model: str, count: int) -> list[dict]:
+    """Rows of the model's test split that it never trained on: raw features plus the truth."""
+    view = get_view(get_spec(model).view)
+    inputs = [item["name"] for item in ModelRegistry(storage).get(model).signature["inputs"]]
+    target = view.label.target
+    rows = TrainingDataset.open(storage, view).read("test").take(10 * count)
+    complete = [row for row in rows if all(row[name] is not None for name in [*inputs, target])]
+    return [{**{name: row[name] for name in inputs}, "_truth": row[target]} for row in complete[:count]]
 
 
-def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, echo: Callable[[str], None] = print) -> dict:
+def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: int = 5,
+             echo: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     storage = Storage(config.storage)
-    summary: dict = {"storage": config.storage, "models": {}, "predictions": {}}
+    summary: dict = {"storage": config.storage, "models": {}, "predictions": {}, "refused": {}}
 
     def step(number: int, text: str) -> None:
-        echo(f"[{number}/6] {text}  ({time.perf_counter() - started:.1f}s)")
+        echo(f"[{number}/{STEPS}] {text}  ({time.perf_counter() - started:.1f}s)")
 
-    step(1, f"generating {rows} fruit measurements (CSV in g/mm, JSON Lines in kg/cm)")
-    generated = write_fruit(storage, rows=rows, seed=seed)
-    for path in generated.files:
-        echo(f"      wrote {storage.uri(path)}")
+    surf_rows = max(rows // 3, 100)
+    step(1, f"generating {rows} fruit measurements (CSV in g/mm, JSON Lines in kg/cm) and {surf_rows} surf "
+            "observations (buoy JSON Lines, beaches in SQL, lifeguards' CSV)")
+    for generated in (write_fruit(storage, rows=rows, seed=seed), write_surf(storage, rows=surf_rows, seed=seed)):
+        echo(f"      wrote {len(generated.files)} file(s), e.g. {storage.uri(generated.files[0])}")
 
     with ray_session(config, quiet=True):
-        step(2, "running the feature pipeline on Ray Data into the offline store")
-        group = get_group("fruit_measurements")
-        report = run_feature_pipeline(storage, group)
-        echo(f"      {report.rows_written} rows from {report.files_read} files -> "
-             f"{storage.uri(f'offline/{group.name}/v{group.version}')} (table version {report.table_version})")
-        summary["features"] = report.to_dict()
+        step(2, "running the feature pipelines on Ray Data into the offline store")
+        summary["features"] = {}
+        for group in (get_view("fruit_classification").label.group, *SURF_GROUPS):
+            report = run_feature_pipeline(storage, group, config.databases)
+            echo(f"      {group.ref}: {report.rows_written} rows from {report.files_read} source(s) "
+                 f"(table version {report.table_version})")
+            summary["features"][group.ref] = report.to_dict()
 
-        step(3, "training a decision-tree classifier and regressor as Ray tasks")
-        registry = ModelRegistry(storage)
+        step(3, "building point-in-time correct training datasets (train/validation/test, fitted transforms)")
+        for view_name in ("fruit_classification", "surf_height"):
+            metadata = create_training_dataset(storage, get_view(view_name), RandomSplit(seed=seed))
+            echo(f"      {metadata['view']} v{metadata['version']}: "
+                 + ", ".join(f"{n} {c}" for n, c in metadata["rows"].items()))
+
+        step(4, f"training two decision trees (grid search, one Ray task per candidate) and two networks "
+                f"(Ray Train, {epochs} epochs)")
         for name in DEMO_MODELS:
-            version, metrics = train_and_register(storage, get_spec(name))
-            shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k != "seconds")
-            echo(f"      {name}: {shown}")
-            registry.set_alias(name, "production", version.version)
-            summary["models"][name] = {"version": version.version, "metrics": metrics}
+            options = {"epochs": epochs} if isinstance(get_spec(name), DnnSpec) else {}
+            try:
+                result = train_model(storage, name, alias="production", **options)
+            except BelowBaselineError as refused:
+                echo(f"      {name}: NOT registered: {refused}")
+                summary["refused"][name] = refused.result["summary"]
+                continue
+            echo(f"      {name} v{result['version']}: {result['summary']}  [{result['seconds']:.0f}s]")
+            summary["models"][name] = {"version": result["version"], "metrics": result["metrics"]["test"],
+                                       "baseline": result["metrics"]["baseline"]}
 
-        step(4, "registered: " + ", ".join(f"{n} version {m['version']} (production)" for n, m in summary["models"].items()))
+        step(5, "registered (production): " + ", ".join(f"{n} v{m['version']}" for n, m in summary["models"].items()))
 
-        step(5, "deploying both models with Ray Serve and sending HTTP requests")
+        step(6, "deploying the models with Ray Serve and sending HTTP requests")
         from ray import serve
 
         from serve.app import deploy
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-
         url = deploy(config)
+        registry = ModelRegistry(storage)
         try:
-            instances = sample_fruit()
-            apples = [row for row in instances if row["label"] == "apple"]
-            requests = {
-                "fruit_classifier": [{k: row[k] for k in get_spec("fruit_classifier").features} for row in instances],
-                "apple_weight_regressor": [
-                    {k: row[k] for k in get_spec("apple_weight_regressor").features} for row in apples
-                ],
-            }
-            with httpx.Client(base_url=url, timeout=30) as client:
-                for name, batch in requests.items():
-                    response = client.post(f"/v1/models/{name}:predict", json={"instances": batch})
+            with httpx.Client(base_url=url, timeout=60) as client:
+                for name in summary["models"]:
+                    rows_with_truth = held_out_rows(storage, name, 4)
+                    instances = [{k: v for k, v in row.items() if k != "_truth"} for row in rows_with_truth]
+                    response = client.post(f"/v1/models/{name}:predict", json={"instances": instances})
                     if response.status_code != 200:
                         raise DemoError(f"{name}: HTTP {response.status_code}: {response.text}")
                     body = response.json()
-                    expected = Predictor.load(registry, name, body["version"]).predict(batch)
+                    expected = Predictor.load(registry, name, body["version"]).predict(instances)
                     if body["predictions"] != expected:
                         raise DemoError(f"{name}: served predictions differ from the registered model's")
-                    summary["predictions"][name] = {"instances": batch, **body}
+                    summary["predictions"][name] = {"instances": instances, **body}
                     echo(f"      POST {url}/v1/models/{name}:predict -> version {body['version']}")
-                    truth = instances if name == "fruit_classifier" else apples
-                    for row, prediction in zip(truth, body["predictions"]):
-                        echo("        " + _describe(name, row, prediction))
+                    for row, prediction in zip(rows_with_truth, body["predictions"]):
+                        echo("        " + _describe(row, prediction))
         finally:
             serve.shutdown()
 
-    step(6, "shut down Serve and Ray")
+    step(7, "shut down Serve and Ray")
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    echo(f"done in {summary['seconds']}s; explore with `orchard models list --storage {config.storage}`")
+    echo(f"done in {summary['seconds']}s; explore with `orchard --storage {config.storage} models list`")
     return summary
 
 
-def _describe(name: str, row: dict, prediction) -> str:
-    colour = f"rgb=({row['red']:.2f},{row['green']:.2f},{row['blue']:.2f})"
-    if name == "fruit_classifier":
+def _describe(row: dict, prediction) -> str:
+    shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in row.items() if k != "_truth")
+    if isinstance(prediction, dict):
         confidence = prediction["probabilities"][prediction["label"]]
-        return (f"{colour} {row['weight_g']:.0f} g {row['diameter_mm']:.0f} mm -> {prediction['label']} "
-                f"(p={confidence:.2f}; truly {row['label']})")
-    return f"{colour} {row['diameter_mm']:.0f} mm -> {prediction:.0f} g (truly {row['weight_g']:.0f} g)"
+        return f"{shown} -> {prediction['label']} (p={confidence:.2f}; truly {row['_truth']})"
+    return f"{shown} -> {prediction:.2f} m (truly {row['_truth']:.2f} m)"

@@ -35,7 +35,6 @@ importing `ray.train.tensorflow`, which imports TensorFlow itself.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -47,12 +46,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from features.datasets import TrainingDataset
-from features.transforms import LabelEncoder, TransformSet
+from orchard.model_data import FEATURES_COLUMN, TARGET_COLUMN, ModelDataError, PreparedData, prepare_splits
 from orchard.storage import Storage
 
 if TYPE_CHECKING:
@@ -67,12 +62,10 @@ RUNS_LOCATION = "train_runs"
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 DESCRIPTION_FILE = "dnn.json"
-FEATURES_COLUMN = "features"
-TARGET_COLUMN = "target"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-class DnnError(ValueError):
+class DnnError(ModelDataError):
     """A network cannot be described or trained as asked."""
 
 
@@ -86,8 +79,8 @@ class DnnSpec:
     task: Task
     hidden_units: tuple[int, ...] = (32, 16)
     epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    batch_size: int = 32
+    learning_rate: float = 0.01
     target: str | None = None
     """Target column; None takes the view's label target."""
     excluded_features: tuple[str, ...] = ()
@@ -157,94 +150,6 @@ def scaling_config(workers: int, gpu: bool) -> "ray.train.ScalingConfig":
     return ScalingConfig(num_workers=workers, use_gpu=bool(gpu), resources_per_worker=resources)
 
 
-# -- what the network sees
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """The columns that become the network's input vector and target, as the dataset's transforms name them."""
-
-    feature_columns: list[str]
-    target: str
-    classes: list | None
-    """The label encoder's classes (the softmax outputs, in order); None for regression."""
-
-
-def model_inputs(spec: DnnSpec, metadata: dict, transforms: TransformSet) -> ModelInputs:
-    """The transformed feature columns (minus the spec's exclusions) and the target of a training dataset."""
-    view_features = list(metadata["feature_columns"])
-    unknown = [name for name in spec.excluded_features if name not in view_features]
-    if unknown:
-        raise DnnError(f"network {spec.name}: excluded feature(s) {unknown} are not features of {metadata['view']}; "
-                       f"its features are {view_features}")
-    kept = [name for name in view_features if name not in spec.excluded_features]
-    feature_columns = transforms.output_columns(kept)
-    target = spec.target or metadata["label"]["target"]
-    if target in feature_columns:
-        raise DnnError(f"network {spec.name}: target {target!r} is also a feature of {metadata['view']}")
-    encoders = [t for t in transforms.transforms if isinstance(t, LabelEncoder) and t.column == target]
-    if spec.task == "classification":
-        if not encoders:
-            raise DnnError(f"network {spec.name}: a classification target needs a LabelEncoder on {target!r} "
-                           f"in the view's transforms; {metadata['view']} has {transforms.transforms!r}")
-        classes = list(encoders[0].classes_)
-        if len(classes) < 2:
-            raise DnnError(f"network {spec.name}: the training split has only the class(es) {classes}")
-        return ModelInputs(feature_columns, target, classes)
-    if encoders:
-        raise DnnError(f"network {spec.name}: regression target {target!r} is label-encoded; use task classification")
-    return ModelInputs(feature_columns, target, None)
-
-
-def to_model_arrays(batch: pa.Table, feature_columns: list[str], target: str, task: str) -> dict[str, np.ndarray]:
-    """One batch as a float32 feature matrix and a target vector; rows with a null in either are dropped."""
-    for name in [*feature_columns, target]:
-        if name not in batch.column_names:
-            raise DnnError(f"the transformed dataset lacks column {name!r}; it has {batch.column_names}")
-        kind = batch.column(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
-            raise DnnError(f"column {name!r} must hold numbers for the network, got {kind}; "
-                           "transform it in the feature view or exclude it in the DnnSpec")
-    complete = functools.reduce(pc.and_, [pc.is_valid(batch.column(n)) for n in [*feature_columns, target]])
-    batch = batch.filter(complete)
-    columns = [batch.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in feature_columns]
-    features = np.stack(columns, axis=1) if batch.num_rows else np.zeros((0, len(feature_columns)), np.float32)
-    labels = batch.column(target).to_numpy(zero_copy_only=False)
-    labels = labels.astype(np.int64) if task == "classification" else labels.astype(np.float32)
-    return {FEATURES_COLUMN: features, TARGET_COLUMN: labels}
-
-
-def _block_moments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    features = batch[FEATURES_COLUMN].astype(np.float64)
-    mean = features.mean(axis=0) if len(features) else np.zeros(features.shape[1])
-    m2 = np.square(features - mean).sum(axis=0)
-    return {"count": np.array([len(features)]), "mean": mean[None, :], "m2": m2[None, :]}
-
-
-def feature_moments(prepared: "ray.data.Dataset") -> dict:
-    """Row count and per-feature mean and population variance of a prepared split.
-
-    Each block is reduced to (count, mean, M2) on the cluster and the driver
-    merges them with Chan et al.'s parallel update: only statistics move.
-    """
-    count, mean, m2 = 0, None, None
-    for part in prepared.map_batches(_block_moments, batch_format="numpy", batch_size=None).iter_rows():
-        n = int(part["count"])
-        if n == 0:
-            continue
-        if count == 0:
-            count, mean, m2 = n, np.asarray(part["mean"], np.float64), np.asarray(part["m2"], np.float64)
-            continue
-        delta = part["mean"] - mean
-        total = count + n
-        mean = mean + delta * (n / total)
-        m2 = m2 + part["m2"] + np.square(delta) * (count * n / total)
-        count = total
-    if count == 0:
-        return {"count": 0, "mean": None, "variance": None}
-    return {"count": count, "mean": mean.tolist(), "variance": (m2 / count).tolist()}
-
-
 # -- the training loop, run by every Ray Train worker
 
 
@@ -305,9 +210,10 @@ def train_loop_per_worker(config: dict) -> None:
     is_chief = ray.train.get_context().get_world_rank() == 0
     after_epoch: Callable[[int], None] | None = config.get("after_epoch")
     for epoch in range(completed + 1, config["epochs"] + 1):
+        epoch_started = time.perf_counter()
         fitted = model.fit(train, validation_data=validation, epochs=epoch, initial_epoch=epoch - 1, verbose=0)
         metrics = {name: float(values[-1]) for name, values in fitted.history.items()}
-        metrics.update(epoch=epoch, resumed_from=completed)
+        metrics.update(epoch=epoch, resumed_from=completed, fit_seconds=round(time.perf_counter() - epoch_started, 3))
         with tempfile.TemporaryDirectory(prefix="orchard-dnn-") as folder:
             # Every worker saves (MultiWorkerMirroredStrategy expects all of them to), only rank 0's copy is
             # reported. The explicit format matters: tf-keras keeps its "native format on" switch per thread and
@@ -338,16 +244,16 @@ def train_dnn(
     max_failures: int = 2,
     run_name: str | None = None,
     after_epoch: Callable[[int], None] | None = None,
+    data: PreparedData | None = None,
 ) -> dict:
     """Train `spec` on its view's training dataset (the latest unless `dataset_version`) with Ray Train.
 
     The run lives under `<storage>/train_runs/<run_name>`; a `run_name` that
     already holds checkpoints continues from its latest one. `after_epoch(epoch)`
     runs in every worker after each epoch's report (a hook for progress or fault
-    injection). Returns the final metrics, the per-epoch history, the last
-    checkpoint's path and the epoch count; the model is not registered.
+    injection). `data` reuses splits already prepared for `spec`. Returns the final metrics, the per-epoch history, the last
+    checkpoint's path, its model's bytes and the epoch count; the model is not registered.
     """
-    from features.catalog import get_view
     from orchard.runtime import prepare_driver_environment
 
     prepare_driver_environment()  # before ray.train.tensorflow, which imports TensorFlow
@@ -360,32 +266,18 @@ def train_dnn(
     if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
         raise DnnError(f"max_failures must be -1 (retry forever) or a non-negative integer, got {max_failures!r}")
     started = time.perf_counter()
-    view = get_view(spec.view)
-    dataset = TrainingDataset.open(storage, view, dataset_version)
-    inputs = model_inputs(spec, dataset.metadata, dataset.transforms())
-
-    prepared, rows, dropped = {}, {}, {}
-    for split in ("train", "validation"):
-        prepared[split] = dataset.read_transformed(split).map_batches(
-            to_model_arrays, batch_format="pyarrow",
-            fn_kwargs={"feature_columns": inputs.feature_columns, "target": inputs.target, "task": spec.task})
-        moments = feature_moments(prepared[split])
-        if split == "train":
-            train_moments = moments
-        rows[split] = moments["count"]
-        dropped[split] = dataset.metadata["rows"][split] - rows[split]
-        if rows[split] == 0:
-            raise DnnError(f"network {spec.name}: the {split} split of {view.ref} v{dataset.metadata['version']} has "
-                           f"no complete rows ({dropped[split]} dropped for nulls)")
-    if any(dropped.values()):
-        log.warning("network %s: dropped rows with null features or target: %s", spec.name, dropped)
+    data = data or prepare_splits(storage, spec, dataset_version)
+    inputs, train_summary = data.inputs, data.summaries["train"]
+    if any(data.dropped_rows.values()):
+        log.warning("network %s: dropped rows with null features or target: %s", spec.name, data.dropped_rows)
+    metadata = data.dataset.metadata
 
     description = {
         "spec": asdict(spec),
         "feature_columns": inputs.feature_columns,
         "target": inputs.target,
         "classes": inputs.classes,
-        "dataset": {"view": view.ref, "version": dataset.metadata["version"], "location": dataset.location},
+        "dataset": {"view": metadata["view"], "version": metadata["version"], "location": data.dataset.location},
     }
     config = {
         "name": spec.name,
@@ -393,8 +285,8 @@ def train_dnn(
         "target": inputs.target,
         "classes": inputs.classes,
         "n_features": len(inputs.feature_columns),
-        "feature_mean": train_moments["mean"],
-        "feature_variance": train_moments["variance"],
+        "feature_mean": train_summary["mean"],
+        "feature_variance": train_summary["variance"],
         "hidden_units": list(spec.hidden_units),
         "learning_rate": spec.learning_rate,
         "batch_size": spec.batch_size,
@@ -408,7 +300,7 @@ def train_dnn(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config=config,
         scaling_config=scaling_config(workers, gpu),
-        datasets=prepared,
+        datasets={split: data.splits[split] for split in ("train", "validation")},
         run_config=RunConfig(
             name=run_name,
             storage_path=storage.uri(RUNS_LOCATION),
@@ -421,16 +313,20 @@ def train_dnn(
     history = sorted((dict(metrics) for _, metrics in result.best_checkpoints or []), key=lambda m: m["epoch"])
     if result.checkpoint is None or not history:
         raise DnnError(f"network {spec.name}: run {run_name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, MODEL_FILE), "rb") as handle:
+            model_bytes = handle.read()
     return {
         "name": spec.name,
         "run_name": run_name,
         "run_path": result.path,
         "checkpoint": result.checkpoint.path,
+        "model_bytes": model_bytes,
         "epochs": int(result.metrics["epoch"]),
         "metrics": dict(result.metrics),
         "history": history,
-        "rows": rows,
-        "dropped_rows": dropped,
+        "rows": data.rows,
+        "dropped_rows": data.dropped_rows,
         **{key: description[key] for key in ("feature_columns", "target", "classes", "dataset")},
         "seconds": round(time.perf_counter() - started, 3),
     }

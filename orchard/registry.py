@@ -5,28 +5,40 @@ Layout::
     models/<name>/<version>/model.json      card: flavor, signature, metrics, lineage, created time
     models/<name>/<version>/manifest.json   SHA-256 of every other file, checked on every read
     models/<name>/<version>/<artifact files>
-    models/<name>/aliases.json              {"production": 3, ...}
+    models/<name>/aliases.json              where each alias points now: {"production": 3, ...}
+    models/<name>/alias_history.jsonl       one line per alias change: time, alias, from, to
 
 A version is written completely in a staging folder and then published under
 its number with one atomic rename, so readers never see half a version and two
 concurrent registrations never get the same number.
+
+Alias changes hold an exclusive file lock (models/<name>/.aliases.lock) while they
+read and rewrite aliases.json and append to the history, so two concurrent
+promotions lose neither an alias nor a history entry. The lock, like the rename
+that publishes a version, needs local storage.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
+import os
 import re
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+from orchard.evaluation import HIGHER_IS_BETTER
 from orchard.storage import Storage
 
 MODEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 RESERVED_FILES = {"model.json", "manifest.json"}
+CLAIM_ATTEMPTS = 100
 
 
 class RegistryError(RuntimeError):
@@ -45,15 +57,39 @@ class ModelVersion:
 
     @property
     def flavor(self) -> str:
-        return self.card["flavor"]
+        return self._card_entry("flavor")
 
     @property
     def signature(self) -> dict:
-        return self.card["signature"]
+        return self._card_entry("signature")
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        """The card's test metrics that are numbers; a confusion matrix and the like are left out."""
+        return {metric: value for metric, value in _test_metrics(self.card).items() if _is_number(value)}
+
+    def _card_entry(self, key: str) -> Any:
+        if key not in self.card:
+            raise RegistryError(f"model {self.name}:{self.version}: its card (model.json) has no {key!r}")
+        return self.card[key]
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """One version as a `models list` or `models show` shows it."""
+
+    version: int
+    created_at: str
+    aliases: list[str]
+    test_metrics: dict[str, float]
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
 
 
 def check_name(name: str, kind: str = "model", pattern: re.Pattern = MODEL_NAME) -> str:
@@ -72,7 +108,12 @@ class ModelRegistry:
 
     # -- writing ---------------------------------------------------------------
     def register(self, name: str, files: Mapping[str, bytes], card: Mapping[str, Any]) -> ModelVersion:
-        """Store `files` and `card` as the next version of `name` and return it."""
+        """Store `files` and `card` as the next version of `name` and return it.
+
+        The number is claimed by renaming the complete staging folder onto it. When
+        another writer claimed that number first the rename fails, and the card and
+        manifest are rewritten for the next number, so no version is ever overwritten.
+        """
         check_name(name)
         if not files:
             raise RegistryError(f"model {name!r}: nothing to register")
@@ -83,36 +124,80 @@ class ModelRegistry:
             if "/" in file_name or file_name.startswith("."):
                 raise RegistryError(f"model {name!r}: file name {file_name!r} must be a plain name")
         staging = f"{self._folder(name)}/.staging-{uuid.uuid4().hex}"
-        for attempt in range(100):
-            version = max(self.versions(name), default=0) + 1
-            full_card = {
-                **card,
-                "name": name,
-                "version": version,
-                "created_at": datetime.now(timezone.utc).isoformat(),
-            }
-            self.storage.delete_dir(staging)
-            contents = {**files, "model.json": _json_bytes(full_card)}
-            for file_name, data in contents.items():
+        try:
+            checksums = {}
+            for file_name, data in files.items():
                 self.storage.write_bytes(f"{staging}/{file_name}", data)
-            manifest = {file_name: _sha256(data) for file_name, data in contents.items()}
-            self.storage.write_bytes(f"{staging}/manifest.json", _json_bytes(manifest))
-            if self.storage.publish_dir(staging, self._folder(name, version)):
-                return ModelVersion(name, version, full_card)
-        self.storage.delete_dir(staging)
-        raise RegistryError(f"model {name!r}: could not claim a version number after {attempt + 1} tries")
+                checksums[file_name] = _sha256(data)
+            for _ in range(CLAIM_ATTEMPTS):
+                version = max(self.versions(name), default=0) + 1
+                full_card = {**card, "name": name, "version": version, "created_at": _now()}
+                card_bytes = _json_bytes(full_card)
+                manifest = {**checksums, "model.json": _sha256(card_bytes)}
+                self.storage.write_bytes(f"{staging}/model.json", card_bytes)
+                self.storage.write_bytes(f"{staging}/manifest.json", _json_bytes(manifest))
+                if self.storage.publish_dir(staging, self._folder(name, version)):
+                    return ModelVersion(name, version, full_card)
+        finally:
+            self.storage.delete_dir(staging)  # gone already when the version was published
+        raise RegistryError(f"model {name!r}: could not claim a version number after {CLAIM_ATTEMPTS} tries")
+
+    def promote(self, name: str, version_or_reference: int | str, alias: str) -> int | None:
+        """Point `alias` at a version (a number, or an alias it is to follow); return where it pointed before.
+
+        Rolling back is promoting the older version again. Each change is appended to
+        the alias history; promoting the version the alias already names changes nothing.
+        """
+        check_name(alias, "alias", ALIAS_NAME)
+        version = self.resolve(name, version_or_reference)
+        self.verify(name, version)  # never point an alias, least of all production, at damaged files
+        with self._aliases_locked(name):
+            aliases = self.aliases(name)
+            previous = aliases.get(alias)
+            if previous != version:
+                self._record_alias_change(name, alias, previous, version)
+                self.storage.write_json(f"{self._folder(name)}/aliases.json", {**aliases, alias: version})
+        return previous
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
-        check_name(alias, "alias", ALIAS_NAME)
-        if version not in self.versions(name):
-            raise RegistryError(f"model {name!r} has no version {version}")
-        aliases = self.aliases(name)
-        aliases[alias] = version
-        self.storage.write_json(f"{self._folder(name)}/aliases.json", aliases)
+        """The older name of `promote`, kept for existing callers."""
+        self.promote(name, version, alias)
+
+    def delete_alias(self, name: str, alias: str) -> int:
+        """Remove `alias` from `name` and return the version it pointed at."""
+        if not self.versions(name):
+            raise RegistryError(f"no model named {name!r} is registered")
+        with self._aliases_locked(name):
+            aliases = self.aliases(name)
+            if alias not in aliases:
+                raise RegistryError(f"model {name!r} has no alias {alias!r}; it has {sorted(aliases)}")
+            previous = aliases.pop(alias)
+            self._record_alias_change(name, alias, previous, None)
+            self.storage.write_json(f"{self._folder(name)}/aliases.json", aliases)
+        return previous
+
+    @contextmanager
+    def _aliases_locked(self, name: str) -> Iterator[None]:
+        """Hold the model's alias lock, so reading, changing and writing the aliases is one step."""
+        if not self.storage.is_local:
+            raise RegistryError(f"changing aliases needs local storage for its file lock, not {self.storage.root_uri}")
+        with open(self.storage.path(f"{self._folder(name)}/.aliases.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock, also when the process dies
+
+    def _record_alias_change(self, name: str, alias: str, previous: int | None, version: int | None) -> None:
+        # Written before aliases.json, so a crash in between leaves an entry for a change
+        # that did not happen rather than a change with no entry.
+        entry = {"time": _now(), "alias": alias, "from": previous, "to": version}
+        with open(self.storage.path(f"{self._folder(name)}/alias_history.jsonl"), "a") as history:
+            history.write(json.dumps(entry, sort_keys=True) + "\n")
+            history.flush()
+            os.fsync(history.fileno())
 
     # -- reading ------------------------------------------------------------------
     def models(self) -> list[str]:
-        return [n for n in self.storage.list_dir("models") if MODEL_NAME.match(n)]
+        """Names of models that have at least one published version."""
+        return [n for n in self.storage.list_dir("models") if MODEL_NAME.match(n) and self.versions(n)]
 
     def versions(self, name: str) -> list[int]:
         return sorted(int(n) for n in self.storage.list_dir(self._folder(name)) if n.isdigit())
@@ -120,6 +205,68 @@ class ModelRegistry:
     def aliases(self, name: str) -> dict[str, int]:
         location = f"{self._folder(name)}/aliases.json"
         return dict(self.storage.read_json(location)) if self.storage.exists(location) else {}
+
+    def alias_history(self, name: str) -> list[dict]:
+        """Every alias change, oldest first: {"time", "alias", "from", "to"}; "to" is None for a deletion."""
+        location = f"{self._folder(name)}/alias_history.jsonl"
+        if not self.storage.exists(location):
+            return []
+        lines = self.storage.read_bytes(location).decode().splitlines()
+        return [_json_loads(line, f"{location} line {number}") for number, line in enumerate(lines, 1) if line]
+
+    def list_versions(self, name: str) -> list[VersionSummary]:
+        """Every version of `name`, oldest first, with its aliases and numeric test metrics."""
+        versions = self.versions(name)
+        if not versions:
+            raise RegistryError(f"no model named {name!r} is registered")
+        aliases_of: dict[int, list[str]] = {}
+        for alias, version in sorted(self.aliases(name).items()):
+            aliases_of.setdefault(version, []).append(alias)
+        models = [self.get(name, version) for version in versions]
+        return [
+            VersionSummary(m.version, m.card.get("created_at", ""), aliases_of.get(m.version, []), m.test_metrics)
+            for m in models
+        ]
+
+    def best(self, name: str, metric: str, *, higher_is_better: bool | None = None) -> ModelVersion:
+        """The version whose card has the best `metrics["test"][metric]`; of tied versions, the newest.
+
+        Versions without the metric, or with NaN, are skipped. The direction is
+        `higher_is_better` when given, else the known one for the metric.
+        """
+        versions = self.versions(name)
+        if not versions:
+            raise RegistryError(f"no model named {name!r} is registered")
+        candidates: list[tuple[ModelVersion, float]] = []
+        numeric_metrics: set[str] = set()
+        for version in versions:
+            model = self.get(name, version)
+            numeric_metrics.update(model.test_metrics)
+            value = _test_metrics(model.card).get(metric)
+            if value is None:
+                continue
+            if not _is_number(value):
+                raise RegistryError(
+                    f"test metric {metric!r} of model {name}:{version} is a {type(value).__name__}, not a number, "
+                    f"so versions cannot be ranked by it; numeric test metrics: {sorted(model.test_metrics)}"
+                )
+            if not math.isnan(value):
+                candidates.append((model, value))
+        if not candidates:
+            raise RegistryError(
+                f"no version of model {name!r} has a test metric {metric!r}; "
+                f"the test metrics its versions have: {sorted(numeric_metrics) or 'none'}"
+            )
+        if higher_is_better is None:
+            if metric not in HIGHER_IS_BETTER:
+                raise RegistryError(
+                    f"unknown metric {metric!r}: say whether higher is better, "
+                    f"or use a known one: {sorted(HIGHER_IS_BETTER)}"
+                )
+            higher_is_better = HIGHER_IS_BETTER[metric]
+        sign = 1 if higher_is_better else -1
+        # Versions are in ascending order and max keeps the first maximum, so reverse for the newest.
+        return max(reversed(candidates), key=lambda candidate: sign * candidate[1])[0]
 
     def resolve(self, name: str, reference: int | str | None = None) -> int:
         """A version number from a number, an alias, or None (production, else the latest)."""
@@ -140,16 +287,18 @@ class ModelRegistry:
 
     def get(self, name: str, reference: int | str | None = None) -> ModelVersion:
         version = self.resolve(name, reference)
-        card = _json_loads(self.read_file(name, version, "model.json"), f"{name}:{version}/model.json")
+        location = f"{self._folder(name, version)}/model.json"
+        card = _json_loads(self.read_file(name, version, "model.json"), location)
+        if not isinstance(card, dict):
+            raise RegistryError(f"{location} must hold a JSON object, not {type(card).__name__}")
         return ModelVersion(name, version, card)
 
     def read_file(self, name: str, version: int, file_name: str) -> bytes:
         """The bytes of one stored file, after checking them against the manifest."""
-        folder = self._folder(name, version)
-        manifest = _json_loads(self.storage.read_bytes(f"{folder}/manifest.json"), f"{folder}/manifest.json")
+        manifest = self._manifest(name, version)
         if file_name not in manifest:
-            raise RegistryError(f"model {name}:{version} has no file {file_name!r}")
-        data = self.storage.read_bytes(f"{folder}/{file_name}")
+            raise RegistryError(f"model {name}:{version} has no file {file_name!r}; it has {sorted(manifest)}")
+        data = self._read_stored(name, version, file_name)
         if _sha256(data) != manifest[file_name]:
             raise IntegrityError(
                 f"model {name}:{version}: file {file_name!r} does not match its recorded SHA-256; "
@@ -158,11 +307,41 @@ class ModelRegistry:
         return data
 
     def verify(self, name: str, version: int) -> None:
-        """Check every file of a version against its manifest."""
-        folder = self._folder(name, version)
-        manifest = _json_loads(self.storage.read_bytes(f"{folder}/manifest.json"), f"{folder}/manifest.json")
+        """Check every file of a version against its manifest, and that no file was added."""
+        manifest = self._manifest(name, version)
         for file_name in manifest:
             self.read_file(name, version, file_name)
+        added = set(self.storage.list_dir(self._folder(name, version))) - set(manifest) - {"manifest.json"}
+        if added:
+            raise IntegrityError(f"model {name}:{version}: files {sorted(added)} were added after registration")
+
+    def _manifest(self, name: str, version: int) -> dict[str, str]:
+        location = f"{self._folder(name, version)}/manifest.json"
+        manifest = _json_loads(self._read_stored(name, version, "manifest.json"), location)
+        if not isinstance(manifest, dict):
+            raise RegistryError(f"{location} must hold a JSON object of file name to SHA-256")
+        return manifest
+
+    def _read_stored(self, name: str, version: int, file_name: str) -> bytes:
+        """A file of a version as stored, with a missing file or version named in a RegistryError."""
+        folder = self._folder(name, version)
+        try:
+            return self.storage.read_bytes(f"{folder}/{file_name}")
+        except FileNotFoundError:
+            if not self.storage.exists(folder):
+                raise RegistryError(f"model {name!r} has no version {version}") from None
+            raise RegistryError(f"model {name}:{version} is incomplete: {folder}/{file_name} is missing") from None
+
+
+def _test_metrics(card: Mapping[str, Any]) -> dict[str, Any]:
+    """`card["metrics"]["test"]`, or nothing when the card has no such section."""
+    metrics = card.get("metrics")
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    return test if isinstance(test, dict) else {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _json_bytes(value: Any) -> bytes:

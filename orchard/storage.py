@@ -64,7 +64,12 @@ class Storage:
 
     def list_dir(self, relative: str) -> list[str]:
         """Names directly inside a folder; an absent folder is empty."""
-        info = self.fs.get_file_info(pafs.FileSelector(self.path(relative), allow_not_found=True))
+        try:
+            info = self.fs.get_file_info(pafs.FileSelector(self.path(relative), allow_not_found=True))
+        except FileNotFoundError:
+            # pyarrow's local listing opens the folder, then checks separately that it exists: a folder another
+            # process creates in between raises despite allow_not_found. It was absent when the listing began.
+            return []
         return sorted(posixpath.basename(entry.path) for entry in info)
 
     def find_files(self, relative: str, pattern: str = "*") -> Iterator[FileEntry]:

@@ -1,180 +1,445 @@
-"""Training scikit-learn models on an offline feature table and registering them.
+"""Training models on a feature view's training dataset, evaluating them, and registering them.
 
-Each model is described by a `ModelSpec`; fitting runs as a Ray task next to the
-data, so the driver only ever holds the serialized model and its metrics.
+Four models come with Orchard, two per flavor:
+
+- scikit-learn (`SklearnSpec`): a decision-tree classifier for fruit and a
+  decision-tree regressor for surf height. A small grid of hyper-parameters is
+  searched with one Ray task per candidate (each fits on the train split and is
+  scored on the validation split); the best candidate is evaluated on the test
+  split, and a learning curve (score against training-set size) is drawn.
+- tf-keras (`orchard.dnn.DnnSpec`): a softmax classifier for fruit and a
+  regressor for surf height, trained with Ray Train (see `orchard.dnn`) and
+  evaluated on the test split with Ray Data, one block at a time.
+
+Every model is compared with its trivial baseline on the test split
+(`orchard.evaluation`); one that does not beat it is not registered unless
+forced. A registered version holds the model, the dataset's fitted
+transformations, the request signature, the metrics, plots and lineage.
+
+The split arrays of a scikit-learn run live in Ray's object store: the driver
+holds references only, and the candidate tasks read them from there.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import itertools
+import json
+import logging
+import math
+import os
+import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from features.catalog import get_group
-from features.store import OfflineStore
-from orchard.registry import ModelRegistry, ModelVersion
+from orchard import evaluation, plots
+from orchard.dnn import DNN_SPECS, DnnSpec
+from orchard.model_data import FEATURES_COLUMN, TARGET_COLUMN, PreparedData, prepare_splits, raw_signature
+from orchard.registry import ModelRegistry
 from orchard.storage import Storage
 
+log = logging.getLogger(__name__)
+
 Task = Literal["classification", "regression"]
+CURVE_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
+TRANSFORMS_FILE = "transforms.json"
+LEARNING_CURVE_FILE = "learning_curve.png"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+
+
+class TrainingError(ValueError):
+    """A model cannot be trained as asked."""
+
+
+class BelowBaselineError(TrainingError):
+    """The trained model does not beat its trivial baseline, so it was not registered."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class SklearnSpec:
+    """A scikit-learn estimator on one feature view, with a grid of hyper-parameters to search."""
+
     name: str
+    view: str
     task: Task
-    feature_group: str
-    features: tuple[str, ...]
-    label: str
     estimator: str
     """Dotted path of a scikit-learn estimator class."""
     params: dict[str, Any] = field(default_factory=dict)
-    row_filter: tuple[str, str] | None = None
-    """Keep only rows where column == value (for example, apples only)."""
+    """Fixed hyper-parameters of every candidate."""
+    grid: dict[str, tuple] = field(default_factory=dict)
+    """Hyper-parameters to search: every combination is one candidate, tried in this order."""
+    target: str | None = None
+    excluded_features: tuple[str, ...] = ()
     description: str = ""
+    seed: int = 0
 
-    def build_estimator(self):
+    def __post_init__(self) -> None:
+        if not self.estimator.startswith("sklearn."):
+            raise TrainingError(f"model {self.name}: estimator must be a scikit-learn class, got {self.estimator!r}")
+        overlap = sorted(set(self.params) & set(self.grid))
+        if overlap:
+            raise TrainingError(f"model {self.name}: {overlap} are both fixed and searched")
+        empty = [name for name, values in self.grid.items() if not values]
+        if empty:
+            raise TrainingError(f"model {self.name}: grid values for {empty} are empty")
+
+    def candidates(self) -> list[dict[str, Any]]:
+        names = list(self.grid)
+        return [{**self.params, **dict(zip(names, values))}
+                for values in itertools.product(*(self.grid[n] for n in names))]
+
+    def build(self, params: dict[str, Any]):
         module_name, _, class_name = self.estimator.rpartition(".")
         module = __import__(module_name, fromlist=[class_name])
-        return getattr(module, class_name)(**self.params)
+        return getattr(module, class_name)(**params)
 
 
-MODEL_SPECS: dict[str, ModelSpec] = {
+SKLEARN_SPECS: dict[str, SklearnSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec(
+        SklearnSpec(
             name="fruit_classifier",
+            view="fruit_classification",
             task="classification",
-            feature_group="fruit_measurements:1",
-            features=("red", "green", "blue", "weight_g", "diameter_mm"),
-            label="label",
             estimator="sklearn.tree.DecisionTreeClassifier",
-            params={"max_depth": 5, "random_state": 0},
-            description="Apple or orange from skin colour, weight and size.",
+            params={"random_state": 0},
+            grid={"max_depth": (2, 4, 6, 10), "min_samples_leaf": (1, 10)},
+            description="Apple or orange from colour, size, weight and skin: a decision tree "
+                        "(red apples make the boundary non-linear).",
         ),
-        ModelSpec(
-            name="apple_weight_regressor",
+        SklearnSpec(
+            name="surf_regressor",
+            view="surf_height",
             task="regression",
-            feature_group="fruit_measurements:1",
-            features=("diameter_mm", "red", "green", "blue"),
-            label="weight_g",
             estimator="sklearn.tree.DecisionTreeRegressor",
-            params={"max_depth": 6, "min_samples_leaf": 5, "random_state": 0},
-            row_filter=("label", "apple"),
-            description="An apple's weight in grams from its diameter and colour.",
+            params={"random_state": 0},
+            grid={"max_depth": (3, 6, 10), "min_samples_leaf": (1, 10, 30)},
+            excluded_features=("buoy_id",),  # a join key the view brings along, not a measurement
+            description="Surf height in metres from the beach's shape and the latest swell at its buoy: "
+                        "a decision tree.",
         ),
     )
 }
 
+ModelSpec = SklearnSpec | DnnSpec
+
+
+def model_specs() -> dict[str, ModelSpec]:
+    return {**SKLEARN_SPECS, **DNN_SPECS}
+
 
 def get_spec(name: str) -> ModelSpec:
-    if name not in MODEL_SPECS:
-        raise KeyError(f"no model named {name!r}; known models: {', '.join(sorted(MODEL_SPECS))}")
-    return MODEL_SPECS[name]
+    specs = model_specs()
+    if name not in specs:
+        raise KeyError(f"no model named {name!r}; known models: {', '.join(sorted(specs))}")
+    return specs[name]
 
 
-def evaluate(task: Task, y_true: np.ndarray, y_pred: np.ndarray, y_train: np.ndarray) -> dict[str, float]:
-    """Test-split metrics, each beside the trivial baseline's (majority class or mean)."""
-    from sklearn import metrics
+def parse_dataset(spec: ModelSpec, reference: str | None) -> int | None:
+    """`--dataset VIEW[:VERSION]` -> the training-dataset version (None: the newest); VIEW must be the model's."""
+    if reference is None:
+        return None
+    view_name, _, version = reference.partition(":")
+    expected = spec.view.partition(":")[0]
+    if view_name != expected:
+        raise TrainingError(f"model {spec.name} trains on feature view {expected!r}, not {view_name!r}")
+    if not version:
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise TrainingError(f"dataset version must be a positive integer, got {version!r} in {reference!r}")
+    return int(version)
 
+
+def check_request(spec: ModelSpec, *, dataset: str | None, gpu: bool, epochs: int | None) -> int | None:
+    """Refuse options that do not apply to `spec` before anything runs; returns the dataset version asked for."""
+    if isinstance(spec, SklearnSpec) and (gpu or epochs is not None):
+        raise TrainingError(f"model {spec.name} is a scikit-learn model: --gpu and --epochs apply to networks only")
+    return parse_dataset(spec, dataset)
+
+
+# -- scikit-learn: arrays in the object store, one task per candidate
+
+
+def _stack(*blocks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    blocks = [b for b in blocks if len(b[TARGET_COLUMN])]
+    return {FEATURES_COLUMN: np.concatenate([b[FEATURES_COLUMN] for b in blocks]),
+            TARGET_COLUMN: np.concatenate([b[TARGET_COLUMN] for b in blocks])}
+
+
+def _score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Accuracy for a classifier, RMSE for a regressor."""
     if task == "classification":
-        values, counts = np.unique(y_train, return_counts=True)
-        majority = np.full(len(y_true), values[np.argmax(counts)])
-        return {
-            "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
-            "macro_f1": float(metrics.f1_score(y_true, y_pred, average="macro")),
-            "baseline_accuracy": float(metrics.accuracy_score(y_true, majority)),
-        }
-    mean = np.full(len(y_true), float(np.mean(y_train)))
+        return float(np.mean(y_true == y_pred))
+    return float(np.sqrt(np.mean(np.square(y_pred.astype(np.float64) - y_true))))
+
+
+def _fit_candidate(spec: SklearnSpec, params: dict, train: dict, validation: dict) -> dict:
+    import skops.io as sio
+
+    started = time.perf_counter()
+    estimator = spec.build(params).fit(train[FEATURES_COLUMN], train[TARGET_COLUMN])
+    score = _score(spec.task, validation[TARGET_COLUMN], estimator.predict(validation[FEATURES_COLUMN]))
+    return {"params": params, "validation": {evaluation.COMPARED_ON[spec.task]: score},
+            "seconds": round(time.perf_counter() - started, 3), "model": sio.dumps(estimator)}
+
+
+def _evaluate_sklearn(spec: SklearnSpec, params: dict, model: bytes, train: dict, validation: dict, test: dict,
+                      n_classes: int, train_mean: float | None) -> dict:
+    """Test-split sums of the chosen model, and its learning curve (refits on growing shares of train)."""
+    from orchard.predictor import load_skops
+
+    estimator = load_skops(model)
+    sums = evaluation.partials(spec.task, test[TARGET_COLUMN], estimator.predict(test[FEATURES_COLUMN]),
+                               n_classes=n_classes, train_mean=train_mean)
+    order = np.random.default_rng(spec.seed).permutation(len(train[TARGET_COLUMN]))
+    curve = []
+    for fraction in CURVE_FRACTIONS:
+        rows = order[:max(2, math.ceil(fraction * len(order)))]
+        x, y = train[FEATURES_COLUMN][rows], train[TARGET_COLUMN][rows]
+        fitted = spec.build(params).fit(x, y)
+        curve.append({"rows": int(len(rows)), "train": _score(spec.task, y, fitted.predict(x)),
+                      "validation": _score(spec.task, validation[TARGET_COLUMN],
+                                           fitted.predict(validation[FEATURES_COLUMN]))})
+    return {"sums": sums, "curve": curve}
+
+
+def train_sklearn(storage: Storage, spec: SklearnSpec, data: PreparedData, *, workers: int | None = None) -> dict:
+    """Search the spec's grid (one Ray task per candidate, at most `workers` at once), evaluate the best."""
+    import ray
+
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise TrainingError(f"workers must be a positive integer, got {workers!r}")
+    stack = ray.remote(num_cpus=0)(_stack)
+    arrays = {split: stack.remote(*data.splits[split].to_numpy_refs()) for split in data.splits}
+    fit = ray.remote(num_cpus=1, max_retries=1)(_fit_candidate)
+    candidates = spec.candidates()
+    limit = workers or len(candidates)
+    index_of, results = {}, {}
+    for index, params in enumerate(candidates):
+        if len(index_of) - len(results) >= limit:
+            running = [ref for ref in index_of if index_of[ref] not in results]
+            (done,), _ = ray.wait(running, num_returns=1)
+            results[index_of[done]] = ray.get(done)
+        index_of[fit.remote(spec, params, arrays["train"], arrays["validation"])] = index
+    for ref, index in index_of.items():
+        if index not in results:
+            results[index] = ray.get(ref)
+    searched = [results[i] for i in range(len(candidates))]
+    metric = evaluation.COMPARED_ON[spec.task]
+    higher = evaluation.HIGHER_IS_BETTER[metric]
+    best = max(range(len(searched)), key=lambda i: (searched[i]["validation"][metric] * (1 if higher else -1), -i))
+    chosen = searched[best]
+    n_classes = len(data.inputs.classes or ())
+    evaluated = ray.get(ray.remote(num_cpus=1)(_evaluate_sklearn).remote(
+        spec, chosen["params"], chosen["model"], arrays["train"], arrays["validation"], arrays["test"], n_classes,
+        data.summaries["train"]["target_mean"]))
+    curve_png = plots.learning_curve_png(
+        {split: [(point["rows"], point[split]) for point in evaluated["curve"]] for split in ("train", "validation")},
+        title=f"{spec.name}: learning curve", x_label="training rows", y_label=metric)
     return {
-        "mae": float(metrics.mean_absolute_error(y_true, y_pred)),
-        "rmse": float(np.sqrt(metrics.mean_squared_error(y_true, y_pred))),
-        "r2": float(metrics.r2_score(y_true, y_pred)),
-        "baseline_mae": float(metrics.mean_absolute_error(y_true, mean)),
+        "artifact": ("model.skops", chosen["model"]),
+        "sums": evaluated["sums"],
+        "hyperparameters": chosen["params"],
+        "search": [{"params": c["params"], "validation": c["validation"], "seconds": c["seconds"]} for c in searched],
+        "learning_curve": {"x": "training rows", "metric": metric, "points": evaluated["curve"]},
+        "learning_curve_png": curve_png,
     }
 
 
-def fit_sklearn(storage_uri: str, spec: ModelSpec, test_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Read the spec's feature table, fit, evaluate on a held-out split, serialize with skops."""
-    import pyarrow.compute as pc
-    import skops.io as sio
-    from sklearn.model_selection import train_test_split
+# -- tf-keras: Ray Train, then Ray Data over the test split
 
-    group = get_group(spec.feature_group)
-    store = OfflineStore(Storage(storage_uri))
-    table_version = store.table_version(group)
-    table = store.read_table(group, version=table_version)
-    if spec.row_filter:
-        column, value = spec.row_filter
-        table = table.filter(pc.equal(table[column], value))
-    table = table.sort_by([(group.primary_key[0], "ascending")])  # file order must not change the split
-    if table.num_rows < 10:
-        raise ValueError(f"model {spec.name}: only {table.num_rows} training rows in {group.ref}")
-    features = np.column_stack([table[name].to_numpy(zero_copy_only=False) for name in spec.features]).astype(
-        np.float64
-    )
-    labels = table[spec.label].to_numpy(zero_copy_only=False)
-    stratify = labels if spec.task == "classification" else None
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, labels, test_size=test_fraction, random_state=seed, stratify=stratify
-    )
-    estimator = spec.build_estimator().fit(x_train, y_train)
-    metrics = evaluate(spec.task, y_test, estimator.predict(x_test), y_train)
-    signature = {
-        "task": spec.task,
-        "inputs": [{"name": name, "datatype": "FP64"} for name in spec.features],
-        "output": {"name": spec.label, "datatype": "BYTES" if spec.task == "classification" else "FP64"},
+
+class _KerasBlockEvaluator:
+    """Loads the network once per actor and turns each block of test rows into evaluation sums."""
+
+    def __init__(self, model: bytes, task: str, n_classes: int, train_mean: float | None):
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        from orchard.predictor import load_keras
+
+        self.model = load_keras(model)
+        self.task, self.n_classes, self.train_mean = task, n_classes, train_mean
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.model(batch[FEATURES_COLUMN], training=False).numpy()
+        predicted = outputs.argmax(axis=1) if self.task == "classification" else outputs.reshape(-1)
+        sums = evaluation.partials(self.task, batch[TARGET_COLUMN], predicted, n_classes=self.n_classes,
+                                   train_mean=self.train_mean)
+        return {"sums": np.array([json.dumps(sums)])}
+
+
+def train_keras(storage: Storage, spec: DnnSpec, data: PreparedData, *, workers: int = 1, gpu: bool = False,
+                epochs: int | None = None) -> dict:
+    import ray.data
+
+    from orchard.dnn import train_dnn
+
+    trained = train_dnn(storage, spec, workers=workers, gpu=gpu, epochs=epochs, data=data)
+    sums = None
+    parts = data.splits["test"].map_batches(
+        _KerasBlockEvaluator, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1),
+        num_gpus=1 if gpu else 0,
+        fn_constructor_kwargs={"model": trained["model_bytes"], "task": spec.task,
+                               "n_classes": len(data.inputs.classes or ()),
+                               "train_mean": data.summaries["train"]["target_mean"]})
+    for row in parts.iter_rows():
+        sums = evaluation.merge(sums, json.loads(row["sums"]))
+    history = trained["history"]
+    curve_png = plots.learning_curve_png(
+        {"train loss": [(m["epoch"], m["loss"]) for m in history],
+         "validation loss": [(m["epoch"], m["val_loss"]) for m in history]},
+        title=f"{spec.name}: learning curve", x_label="epoch",
+        y_label="cross-entropy" if spec.task == "classification" else "mean squared error")
+    hyperparameters = {key: value for key, value in asdict(spec).items()
+                       if key in ("hidden_units", "batch_size", "learning_rate", "seed")}
+    hyperparameters.update(epochs=trained["epochs"], workers=workers, gpu=gpu)
+    return {
+        "artifact": ("model.keras", trained["model_bytes"]),
+        "sums": sums,
+        "hyperparameters": hyperparameters,
+        "learning_curve": {"x": "epoch", "metric": "loss", "points": history},
+        "learning_curve_png": curve_png,
+        "train_run": trained["run_path"],
+    }
+
+
+# -- the whole job: train, evaluate, register
+
+
+def train_model(
+    storage: Storage,
+    name: str,
+    *,
+    dataset: str | None = None,
+    workers: int | None = None,
+    gpu: bool = False,
+    epochs: int | None = None,
+    force: bool = False,
+    alias: str | None = None,
+) -> dict:
+    """Train the model `name`, evaluate it on the test split and register it; returns a summary.
+
+    Raises BelowBaselineError (nothing registered) when the model does not beat
+    its baseline and `force` is false.
+    """
+    import ray
+
+    spec = get_spec(name)
+    dataset_version = check_request(spec, dataset=dataset, gpu=gpu, epochs=epochs)
+    started = time.perf_counter()
+    data = prepare_splits(storage, spec, dataset_version)
+    if isinstance(spec, SklearnSpec):
+        trained = train_sklearn(storage, spec, data, workers=workers)
+        flavor = "sklearn"
+    else:
+        trained = train_keras(storage, spec, data, workers=workers or 1, gpu=gpu, epochs=epochs)
+        flavor = "keras"
+    majority = int(np.argmax(data.summaries["train"]["class_counts"])) if spec.task == "classification" else None
+    metrics = evaluation.finish(spec.task, trained["sums"], majority_class=majority)
+    result = {
+        "model": spec.name,
+        "flavor": flavor,
+        "dataset": {"view": data.dataset.metadata["view"], "version": data.dataset.metadata["version"]},
+        "metrics": metrics,
+        "hyperparameters": trained["hyperparameters"],
+        "summary": evaluation.summary(spec.task, metrics),
+    }
+    if not metrics["beats_baseline"] and not force:
+        metric = metrics["compared_on"]
+        raise BelowBaselineError(
+            f"model {spec.name} was not registered: its test {metric} {metrics['test'][metric]:.4f} does not beat "
+            f"the baseline's {metrics['baseline'][metric]:.4f} "
+            f"({'majority class' if spec.task == 'classification' else 'training mean'}); "
+            "pass --force to register it anyway", result)
+
+    files = {
+        trained["artifact"][0]: trained["artifact"][1],
+        TRANSFORMS_FILE: data.dataset.storage.read_bytes(f"{data.dataset.location}/transforms.json"),
+        LEARNING_CURVE_FILE: trained["learning_curve_png"],
     }
     if spec.task == "classification":
-        signature["classes"] = [str(c) for c in estimator.classes_]
-    return {
-        "artifact": sio.dumps(estimator),
-        "metrics": metrics,
-        "signature": signature,
-        "rows": {"train": int(len(y_train)), "test": int(len(y_test))},
-        "table_version": table_version,
+        files[CONFUSION_MATRIX_FILE] = plots.confusion_matrix_png(
+            metrics["test"]["confusion_matrix"], list(raw_signature(spec, data.inputs)["classes"]),
+            title=f"{spec.name}: test split")
+    lineage = {
+        **data.lineage(),
+        "model_spec": _jsonable(asdict(spec)),
+        "code_version": code_version(),
+        "versions": library_versions(flavor),
+        "forced_below_baseline": bool(force and not metrics["beats_baseline"]),
     }
+    if "train_run" in trained:
+        lineage["train_run"] = trained["train_run"]
+    card = {
+        "flavor": flavor,
+        "task": spec.task,
+        "description": spec.description,
+        "artifact": trained["artifact"][0],
+        "transforms": TRANSFORMS_FILE,
+        "plots": [f for f in (LEARNING_CURVE_FILE, CONFUSION_MATRIX_FILE) if f in files],
+        "signature": raw_signature(spec, data.inputs),
+        "metrics": metrics,
+        "hyperparameters": trained["hyperparameters"],
+        "learning_curve": trained["learning_curve"],
+        "lineage": lineage,
+    }
+    if "search" in trained:
+        card["search"] = trained["search"]
+    registry = ModelRegistry(storage)
+    version = registry.register(spec.name, files, card)
+    if alias:
+        registry.promote(spec.name, version.version, alias)
+    log.info("registered %s version %d (%s)", spec.name, version.version, result["summary"])
+    return {**result, "version": version.version, "alias": alias, "registered": True,
+            "files": sorted([*files, "model.json", "manifest.json"]), "ray_version": ray.__version__,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def library_versions(flavor: str) -> dict[str, str | None]:
+    """Versions of what trained the model (TensorFlow only for networks), read without importing it."""
+    names = ["ray", "scikit-learn", "numpy", "pyarrow"]
+    if flavor == "keras":
+        names += ["tensorflow", "tensorflow-cpu", "tf-keras"]
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in names:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def code_version() -> str | None:
-    """The git commit of the code that trained a model, when it runs from a checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    """The git commit of the training code (`+dirty` if it has uncommitted changes).
+
+    `ORCHARD_CODE_VERSION` wins: a Ray job's uploaded working directory has no
+    `.git`, so its submitter passes the commit in the runtime env.
+    """
+    if os.environ.get("ORCHARD_CODE_VERSION"):
+        return os.environ["ORCHARD_CODE_VERSION"]
+    here = Path(__file__).parent
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
-
-def train_and_register(
-    storage: Storage, spec: ModelSpec, *, fit: Callable[..., dict] | None = None
-) -> tuple[ModelVersion, dict]:
-    """Fit `spec` in a Ray task and register the result as the model's next version."""
-    import ray
-    import sklearn
-
-    started = time.perf_counter()
-    fit_remote = ray.remote(num_cpus=1)(fit or fit_sklearn)
-    result = ray.get(fit_remote.remote(storage.root_uri, spec))
-    card = {
-        "flavor": "sklearn",
-        "description": spec.description,
-        "signature": result["signature"],
-        "metrics": result["metrics"],
-        "lineage": {
-            "feature_group": spec.feature_group,
-            "offline_table_version": result["table_version"],
-            "rows": result["rows"],
-            "estimator": spec.estimator,
-            "hyperparameters": spec.params,
-            "code_version": code_version(),
-            "ray_version": ray.__version__,
-            "sklearn_version": sklearn.__version__,
-        },
-    }
-    version = ModelRegistry(storage).register(spec.name, {"model.skops": result["artifact"]}, card)
-    return version, {"seconds": round(time.perf_counter() - started, 3), **result["metrics"]}

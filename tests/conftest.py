@@ -61,30 +61,38 @@ def ray_cluster(session_config, ray_temp_dir):
     assert not leftovers, f"Ray processes left running after shutdown: {leftovers}"
 
 
-@pytest.fixture(scope="session")
-def trained_fruit(ray_cluster, session_config):
-    """A storage root holding one day of fruit, its feature table and both demo models (version 1)."""
-    from features.catalog import get_group
+def prepare_domains(storage, *, fruit_rows: int = 1500, surf_rows: int = 600) -> None:
+    """One day of fruit and surf data, their feature tables and a training dataset per view (version 1)."""
+    from features.catalog import get_view
+    from features.datasets import RandomSplit, create_training_dataset
     from features.pipeline import run_feature_pipeline
+    from features.surf import FEATURE_GROUPS as SURF_GROUPS
     from features.synthetic import write_fruit
-    from orchard.registry import ModelRegistry
+    from features.synthetic_surf import write_surf
+
+    write_fruit(storage, rows=fruit_rows, seed=7)
+    run_feature_pipeline(storage, get_view("fruit_classification").label.group)
+    write_surf(storage, rows=surf_rows, seed=4)
+    for group in SURF_GROUPS:
+        run_feature_pipeline(storage, group)
+    for view in ("fruit_classification", "surf_height"):
+        create_training_dataset(storage, get_view(view), RandomSplit(seed=0))
+
+
+@pytest.fixture(scope="session")
+def trained_models(ray_cluster, session_config):
+    """A storage root with fruit and surf training datasets and both scikit-learn models (version 1, production)."""
     from orchard.storage import Storage
-    from orchard.training import get_spec, train_and_register
+    from orchard.training import train_model
 
     storage = Storage(session_config.storage)
-    write_fruit(storage, rows=1500, seed=7)
-    run_feature_pipeline(storage, get_group("fruit_measurements"))
-    registry = ModelRegistry(storage)
-    versions = {}
-    for name in ("fruit_classifier", "apple_weight_regressor"):
-        version, _ = train_and_register(storage, get_spec(name))
-        registry.set_alias(name, "production", version.version)
-        versions[name] = version.version
-    return storage, versions
+    prepare_domains(storage)
+    results = {name: train_model(storage, name, alias="production") for name in ("fruit_classifier", "surf_regressor")}
+    return storage, results
 
 
 @pytest.fixture(scope="session")
-def serve_url(trained_fruit, session_config):
+def serve_url(trained_models, session_config):
     from ray import serve
 
     from serve.app import deploy

@@ -14,10 +14,12 @@ def free_port() -> int:
 
 
 def processes_mentioning(marker: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process whose command line contains `marker`.
+    """(pid, command line) of every live process whose command line or open files mention `marker`.
 
-    Ray's processes carry their session folder on the command line, so a Ray
-    started with a unique temp folder is found exactly, without name patterns.
+    Ray's daemons carry their session folder on the command line; its workers
+    rename themselves (``ray::IDLE``) but keep their log files in that folder
+    open. So a Ray started with a unique temp folder is found exactly, without
+    name patterns.
     """
     found = []
     for entry in Path("/proc").iterdir():
@@ -31,6 +33,20 @@ def processes_mentioning(marker: str) -> list[tuple[int, str]]:
         if "State:\tZ" in status:  # a zombie holds no resources and is its parent's to reap
             continue
         command = raw.replace(b"\0", b" ").decode(errors="replace")
-        if marker in command:
+        if marker in command or _has_open_file_under(entry, marker):
             found.append((int(entry.name), command[:200]))
     return found
+
+
+def _has_open_file_under(process: Path, marker: str) -> bool:
+    try:
+        descriptors = list((process / "fd").iterdir())
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if marker in os.readlink(descriptor):
+                return True
+        except OSError:
+            continue
+    return False

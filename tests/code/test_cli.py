@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from orchard.cli import app
 
 COMMANDS = [[], ["demo"], ["generate"], ["features"], ["features", "list"], ["features", "run"], ["train"],
-            ["models"], ["models", "list"], ["models", "show"], ["serve"]]
+            ["models"], ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "best"], ["serve"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "orchard")
@@ -50,3 +50,54 @@ def test_pipeline_modules_have_help():
         result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "--storage" in result.stdout
+
+
+def _registered(tmp_path, accuracies):
+    from orchard.registry import ModelRegistry
+    from orchard.storage import Storage
+
+    registry = ModelRegistry(Storage(str(tmp_path)))
+    for accuracy in accuracies:
+        registry.register("clf", {"w.bin": str(accuracy).encode()},
+                          {"flavor": "test", "signature": {}, "metrics": {"test": {"accuracy": accuracy}}})
+    return registry
+
+
+def _invoke(tmp_path, *arguments):
+    return CliRunner().invoke(app, ["--storage", str(tmp_path), "models", *arguments])
+
+
+def test_promote_and_roll_back_through_the_cli(tmp_path):
+    registry = _registered(tmp_path, [0.8, 0.9])
+    result = _invoke(tmp_path, "promote", "clf", "2", "--alias", "production", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"model": "clf", "alias": "production", "version": 2, "previous": None}
+    rolled_back = _invoke(tmp_path, "promote", "clf", "1", "--json")  # production is the default alias
+    assert json.loads(rolled_back.stdout)["previous"] == 2
+    assert registry.aliases("clf") == {"production": 1}
+    assert [(e["from"], e["to"]) for e in registry.alias_history("clf")] == [(None, 2), (2, 1)]
+    missing = _invoke(tmp_path, "promote", "clf", "3")
+    assert missing.exit_code == 2 and "no version 3" in missing.output
+
+
+def test_best_version_by_metric_and_promote_it(tmp_path):
+    registry = _registered(tmp_path, [0.8, 0.95, 0.9])
+    result = _invoke(tmp_path, "best", "clf", "--metric", "accuracy", "--promote", "staging", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"model": "clf", "version": 2, "metric": "accuracy", "value": 0.95,
+                                         "alias": "staging", "previous": None}
+    assert registry.aliases("clf") == {"staging": 2}
+    lowest = _invoke(tmp_path, "best", "clf", "--metric", "accuracy", "--lower-is-better", "--json")
+    assert json.loads(lowest.stdout)["version"] == 1
+    unknown = _invoke(tmp_path, "best", "clf", "--metric", "f2")
+    assert unknown.exit_code == 2 and "f2" in unknown.output
+
+
+def test_list_one_models_versions_with_aliases_and_metrics(tmp_path):
+    registry = _registered(tmp_path, [0.8, 0.9])
+    registry.promote("clf", 1, "production")
+    result = _invoke(tmp_path, "list", "clf", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["version"], r["aliases"], r["test_metrics"]) for r in rows] == [
+        (1, ["production"], {"accuracy": 0.8}), (2, [], {"accuracy": 0.9})]

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from features.transforms import LabelEncoder, OneHotEncoder, StandardScaler, TransformSet
-from orchard.dnn import DNN_SPECS, DnnError, DnnSpec, get_dnn_spec, model_inputs, scaling_config, to_model_arrays
+from orchard.dnn import DNN_SPECS, DnnError, DnnSpec, get_dnn_spec, scaling_config
+from orchard.model_data import ModelDataError, model_inputs, to_model_arrays
 
 
 def test_gpu_scaling_asks_for_one_gpu_and_one_cpu_per_worker():
@@ -91,6 +92,7 @@ def test_one_hot_features_expand_to_their_output_columns_and_excluded_ones_are_l
     metadata = {"view": "surf_height:1", "feature_columns": ["buoy_id", "bottom", "swell_height_m"],
                 "label": {"target": "surf_height_m"}}
     inputs = model_inputs(DNN_SPECS["surf_dnn_regressor"], metadata, transforms)
+    assert inputs.raw_features == ["bottom", "swell_height_m"]
     assert inputs.feature_columns == ["bottom=reef", "bottom=sand", "bottom=__other__", "swell_height_m"]
     assert (inputs.target, inputs.classes) == ("surf_height_m", None)
 
@@ -98,13 +100,13 @@ def test_one_hot_features_expand_to_their_output_columns_and_excluded_ones_are_l
 def test_excluding_a_feature_the_view_does_not_have_is_an_error():
     spec = replace(DNN_SPECS["fruit_dnn_classifier"], excluded_features=("colour",))
     transforms = _fitted([LabelEncoder("label")], FRUIT_ROWS)
-    with pytest.raises(DnnError, match=r"excluded feature\(s\) \['colour'\] are not features"):
+    with pytest.raises(ModelDataError, match=r"excluded feature\(s\) \['colour'\] are not features"):
         model_inputs(spec, FRUIT_METADATA, transforms)
 
 
 def test_classification_without_a_label_encoder_on_the_target_is_an_error():
     transforms = _fitted([StandardScaler("weight_g")], FRUIT_ROWS)
-    with pytest.raises(DnnError, match="needs a LabelEncoder on 'label'"):
+    with pytest.raises(ModelDataError, match="needs a LabelEncoder on 'label'"):
         model_inputs(DNN_SPECS["fruit_dnn_classifier"], FRUIT_METADATA, transforms)
 
 
@@ -134,5 +136,5 @@ def test_a_batch_without_complete_rows_gives_empty_arrays_of_the_right_width():
 
 def test_a_text_feature_is_refused_by_name():
     batch = pa.table({"buoy_id": ["b1"], "t": [1.0]})
-    with pytest.raises(DnnError, match="column 'buoy_id' must hold numbers for the network, got string"):
+    with pytest.raises(ModelDataError, match="column 'buoy_id' must hold numbers for the model, got string"):
         to_model_arrays(batch, ["buoy_id"], "t", "regression")

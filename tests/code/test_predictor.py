@@ -72,3 +72,58 @@ def test_skops_loading_refuses_untrusted_types():
 
     with pytest.raises(RegistryError, match="not trusted"):
         load_skops(sio.dumps({"payload": Sneaky()}))
+
+
+@pytest.fixture()
+def transformed_classifier(tmp_path):
+    """A tree trained on transformed columns and class indices, registered with its fitted transforms."""
+    import pyarrow as pa
+
+    from features.transforms import LabelEncoder, OneHotEncoder, StandardScaler, TransformSet
+
+    rows = pa.table({"x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "kind": ["s", "t", "s", "t", "s", "t"],
+                     "label": ["a", "a", "a", "c", "c", "b"]})
+    transforms = TransformSet([StandardScaler("x"), OneHotEncoder("kind", unknown="other"), LabelEncoder("label")])
+    transforms.fit_table(rows)
+    train = transforms.transform(rows)
+    columns = transforms.output_columns(["x", "kind"])
+    matrix = np.column_stack([train[c].to_numpy() for c in columns])
+    keep = np.array(train["label"].to_numpy()) != 1  # class "b" (index 1) never reaches the tree
+    estimator = DecisionTreeClassifier(random_state=0).fit(matrix[keep], train["label"].to_numpy()[keep])
+    signature = {"task": "classification", "classes": ["a", "b", "c"], "model_inputs": columns,
+                 "inputs": [{"name": "x", "datatype": "FP64"}, {"name": "kind", "datatype": "BYTES"}]}
+    registry = ModelRegistry(Storage(str(tmp_path)))
+    registry.register("tc", {"model.skops": sio.dumps(estimator), "transforms.json": transforms.to_json().encode()},
+                      {"flavor": "sklearn", "signature": signature, "transforms": "transforms.json"})
+    return Predictor.load(registry, "tc"), estimator, transforms, columns
+
+
+def test_raw_values_are_transformed_with_the_stored_transforms_before_predicting(transformed_classifier):
+    predictor, estimator, transforms, columns = transformed_classifier
+    raw = [{"x": 1.5, "kind": "s"}, {"x": 5.5, "kind": "t"}, {"x": 4.0, "kind": "never seen"}]
+    transformed = transforms.transform_rows(raw)
+    expected = estimator.predict_proba(np.array([[row[c] for c in columns] for row in transformed]))
+    predictions = predictor.predict(raw)
+    for prediction, row in zip(predictions, expected):
+        # The tree's columns are class indices 0 and 2; the unseen class "b" gets probability 0.
+        assert prediction["probabilities"] == {"a": row[0], "b": 0.0, "c": row[1]}
+        assert prediction["label"] == ("a" if row[0] >= row[1] else "c")
+
+
+@pytest.mark.parametrize("instance, message", [
+    ({"x": 1.0, "kind": 3}, "instances[0].kind must be a string, got 3"),
+    ({"x": None, "kind": "s"}, "instances[0].x must not be null"),
+    ({"x": "1.0", "kind": "s"}, "instances[0].x must be a number"),
+])
+def test_each_input_is_checked_against_its_signature_type(transformed_classifier, instance, message):
+    predictor, *_ = transformed_classifier
+    with pytest.raises(InputError) as error:
+        predictor.predict([instance])
+    assert message in str(error.value)
+
+
+def test_an_unknown_flavor_is_refused_by_name(tmp_path):
+    registry = ModelRegistry(Storage(str(tmp_path)))
+    registry.register("odd", {"model.bin": b"x"}, {"flavor": "pytorch", "signature": SIGNATURE})
+    with pytest.raises(RegistryError, match="flavor 'pytorch'"):
+        Predictor.load(registry, "odd")

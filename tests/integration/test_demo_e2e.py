@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import skops.io as sio
 
+from features.transforms import TransformSet
+from orchard.demo import DEMO_MODELS
 from tests.helpers import free_port, processes_mentioning
 
 pytestmark = pytest.mark.e2e
@@ -25,31 +27,45 @@ def ray_temp():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_demo_serves_version_one_models_and_leaves_no_ray_process(tmp_path, ray_temp):
+def _own_predictions(folder: Path, instances: list[dict]):
+    """What a registered decision tree answers, loaded directly with skops and its stored transforms."""
+    raw = (folder / "model.skops").read_bytes()
+    estimator = sio.loads(raw, trusted=sio.get_untrusted_types(data=raw))
+    transforms = TransformSet.from_json((folder / "transforms.json").read_text())
+    columns = json.loads((folder / "model.json").read_text())["signature"]["model_inputs"]
+    return estimator.predict(np.array([[row[c] for c in columns] for row in transforms.transform_rows(instances)]))
+
+
+def test_demo_trains_and_serves_four_models_and_leaves_no_ray_process(tmp_path, ray_temp):
     storage = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "RAY_"))}
     env.update(RAY_TMPDIR=ray_temp, ORCHARD_NUM_CPUS="2")
     orchard = Path(sys.executable).parent / "orchard"
     result = subprocess.run(
-        [str(orchard), "--storage", str(storage), "demo", "--rows", "1000", "--port", str(free_port()), "--json"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        [str(orchard), "--storage", str(storage), "demo", "--rows", "1000", "--epochs", "3",
+         "--port", str(free_port()), "--json"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
 
-    for step in range(1, 7):
-        assert f"[{step}/6]" in result.stderr
-    assert summary["features"]["rows_written"] == 1000
-    for name in ("fruit_classifier", "apple_weight_regressor"):
+    for step in range(1, 8):
+        assert f"[{step}/7]" in result.stderr
+    assert summary["features"]["fruit_measurements:1"]["rows_written"] == 1000
+    assert summary["refused"] == {}
+    assert sorted(summary["models"]) == sorted(DEMO_MODELS)
+    for name in DEMO_MODELS:
         assert summary["models"][name]["version"] == 1
         served = summary["predictions"][name]
-        assert served["version"] == 1
-        raw = (storage / "models" / name / "1" / "model.skops").read_bytes()
-        estimator = sio.loads(raw, trusted=sio.get_untrusted_types(data=raw))
-        features = [i["name"] for i in json.loads((storage / "models" / name / "1" / "model.json").read_text())["signature"]["inputs"]]
-        expected = estimator.predict(np.array([[row[f] for f in features] for row in served["instances"]]))
-        got = [p["label"] for p in served["predictions"]] if name == "fruit_classifier" else served["predictions"]
-        assert list(got) == list(expected)
+        assert served["version"] == 1 and len(served["predictions"]) == len(served["instances"]) > 0
+    for name in ("fruit_classifier", "surf_regressor"):
+        served = summary["predictions"][name]
+        expected = _own_predictions(storage / "models" / name / "1", served["instances"])
+        if name == "fruit_classifier":
+            classes = ["apple", "orange"]
+            assert [p["label"] for p in served["predictions"]] == [classes[int(i)] for i in expected]
+        else:
+            assert served["predictions"] == list(expected)
 
     deadline = time.monotonic() + 20
     while processes_mentioning(ray_temp) and time.monotonic() < deadline:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import os
 import zipfile
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from features.catalog import get_view
 from features.datasets import RandomSplit, TrainingDataset, create_training_dataset
@@ -17,14 +20,16 @@ from features.pipeline import run_feature_pipeline
 from features.surf import FEATURE_GROUPS as SURF_GROUPS
 from features.synthetic import write_fruit
 from features.synthetic_surf import write_surf
+from features.transforms import TransformSet
+from orchard.cli import app
 from orchard.dnn import DNN_SPECS, train_dnn
+from orchard.predictor import Predictor
+from orchard.registry import ModelRegistry
 from orchard.storage import Storage
 
 pytestmark = pytest.mark.ray
 
-# Few rows and a quick learner keep each run to a few seconds of training on two cores.
-FRUIT_SPEC = replace(DNN_SPECS["fruit_dnn_classifier"], learning_rate=0.01, batch_size=32)
-SURF_SPEC = replace(DNN_SPECS["surf_dnn_regressor"], learning_rate=0.01, batch_size=32)
+FRUIT_SPEC = DNN_SPECS["fruit_dnn_classifier"]
 
 
 @pytest.fixture(scope="module")
@@ -108,16 +113,72 @@ def test_every_checkpoint_holds_the_model_in_keras_native_format(fruit_run):
 
 def test_all_fruit_rows_are_used_with_the_label_encoders_classes(fruit_storage, fruit_run):
     metadata = TrainingDataset.open(fruit_storage, get_view("fruit_classification")).metadata
-    assert fruit_run["rows"] == {"train": metadata["rows"]["train"], "validation": metadata["rows"]["validation"]}
-    assert fruit_run["dropped_rows"] == {"train": 0, "validation": 0}
+    assert fruit_run["rows"] == metadata["rows"]
+    assert fruit_run["dropped_rows"] == {"train": 0, "validation": 0, "test": 0}
     assert fruit_run["classes"] == ["apple", "orange"]
     assert fruit_run["feature_columns"] == ["red", "green", "blue", "weight_g", "diameter_mm", "smoothness"]
 
 
-def test_the_surf_network_reports_mean_absolute_error(surf_storage):
-    result = train_dnn(surf_storage, SURF_SPEC, epochs=3, run_name="surf")
-    assert [m["epoch"] for m in result["history"]] == [1, 2, 3]
-    assert math.isfinite(result["metrics"]["mae"]) and math.isfinite(result["metrics"]["val_mae"])
-    assert result["metrics"]["val_mae"] < result["history"][0]["val_mae"]  # it learns something
-    assert "buoy_id" not in result["feature_columns"]
-    assert "bottom=__other__" in result["feature_columns"]
+@pytest.fixture(scope="module")
+def networks_via_cli(fruit_storage, surf_storage):
+    """Both networks trained, evaluated and registered by `orchard train` (3 epochs each)."""
+    documents = {}
+    for storage, name in ((fruit_storage, "fruit_dnn_classifier"), (surf_storage, "surf_dnn_regressor")):
+        result = CliRunner().invoke(app, ["--storage", storage.root_uri, "train", name, "--epochs", "3",
+                                          "--alias", "production", "--json"])
+        assert result.exit_code == 0, result.output
+        documents[name] = json.loads(result.stdout)
+    return documents
+
+
+def test_both_networks_beat_their_baselines_and_are_registered(networks_via_cli):
+    for name, document in networks_via_cli.items():
+        assert (document["model"], document["flavor"], document["version"]) == (name, "keras", 1)
+        assert document["metrics"]["beats_baseline"], document["summary"]
+    assert networks_via_cli["fruit_dnn_classifier"]["metrics"]["test"]["accuracy"] > 0.9
+    assert networks_via_cli["surf_dnn_regressor"]["metrics"]["test"]["r2"] > 0.5
+    assert networks_via_cli["surf_dnn_regressor"]["hyperparameters"]["epochs"] == 3
+
+
+def test_a_registered_network_holds_its_model_transforms_plots_and_history(fruit_storage, networks_via_cli):
+    registry = ModelRegistry(fruit_storage)
+    card = registry.get("fruit_dnn_classifier", "production").card
+    assert card["artifact"] == "model.keras" and card["plots"] == ["learning_curve.png", "confusion_matrix.png"]
+    with zipfile.ZipFile(io.BytesIO(registry.read_file("fruit_dnn_classifier", 1, "model.keras"))) as archive:
+        assert {"config.json", "model.weights.h5"} <= set(archive.namelist())
+    assert [p["epoch"] for p in card["learning_curve"]["points"]] == [1, 2, 3]
+    assert card["lineage"]["versions"].get("tf-keras", "").startswith("2.21")
+    assert card["lineage"]["train_run"].startswith(fruit_storage.uri("train_runs"))
+    assert card["signature"]["classes"] == ["apple", "orange"]
+    assert card["signature"]["outputs"][1] == {"name": "probabilities", "datatype": "FP64", "shape": [-1, 2]}
+
+
+def test_the_predictor_answers_what_the_stored_network_computes(fruit_storage, networks_via_cli):
+    import tf_keras
+
+    registry = ModelRegistry(fruit_storage)
+    predictor = Predictor.load(registry, "fruit_dnn_classifier")
+    rows = TrainingDataset.open(fruit_storage, get_view("fruit_classification")).read("test").take(10)
+    instances = [{name: row[name] for name in predictor.feature_names} for row in rows]
+    folder = fruit_storage.path("models/fruit_dnn_classifier/1")
+    network = tf_keras.models.load_model(f"{folder}/model.keras", compile=False)
+    transforms = TransformSet.from_json(Path(f"{folder}/transforms.json").read_text())
+    columns = predictor.signature["model_inputs"]
+    matrix = np.array([[row[c] for c in columns] for row in transforms.transform_rows(instances)], np.float32)
+    expected = network(matrix, training=False).numpy()
+    predictions = predictor.predict(instances)
+    served = np.array([[p["probabilities"][c] for c in ("apple", "orange")] for p in predictions])
+    np.testing.assert_allclose(served, expected, rtol=1e-6)
+    accuracy = np.mean([p["label"] == row["label"] for p, row in zip(predictions, rows)])
+    assert accuracy >= 0.8
+
+
+def test_the_surf_network_learns_and_leaves_the_buoy_id_out(surf_storage, networks_via_cli):
+    card = ModelRegistry(surf_storage).get("surf_dnn_regressor", 1).card
+    history = card["learning_curve"]["points"]
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert all(math.isfinite(m["mae"]) and math.isfinite(m["val_mae"]) for m in history)
+    assert history[-1]["val_mae"] < history[0]["val_mae"]  # it learns something
+    assert "buoy_id" not in card["signature"]["model_inputs"]
+    assert "bottom=__other__" in card["signature"]["model_inputs"]
+    assert "buoy_id" not in [i["name"] for i in card["signature"]["inputs"]]

@@ -1,60 +1,75 @@
 """Real HTTP against the running Serve application."""
 
+import json
+
 import httpx
 import numpy as np
 import pytest
 import skops.io as sio
 
-from orchard.demo import sample_fruit
+from features.transforms import TransformSet
 from orchard.registry import ModelRegistry
 from orchard.training import get_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.serve]
 
+FRUIT_INPUTS = ("red", "green", "blue", "weight_g", "diameter_mm", "smoothness")
 
-def _own_estimator(storage, name, version):
-    """The registered model, loaded directly with skops, independent of the serving code."""
-    data = (storage.path(f"models/{name}/{version}/model.skops"))
-    with open(data, "rb") as handle:
+
+def _own_prediction(storage, name, version, instances):
+    """The registered model loaded directly (skops + its stored transforms), independent of the serving code."""
+    folder = storage.path(f"models/{name}/{version}")
+    with open(f"{folder}/model.skops", "rb") as handle:
         raw = handle.read()
-    return sio.loads(raw, trusted=sio.get_untrusted_types(data=raw))
+    estimator = sio.loads(raw, trusted=sio.get_untrusted_types(data=raw))
+    with open(f"{folder}/transforms.json") as handle:
+        transforms = TransformSet.from_json(handle.read())
+    with open(f"{folder}/model.json") as handle:
+        columns = json.load(handle)["signature"]["model_inputs"]
+    matrix = np.array([[row[c] for c in columns] for row in transforms.transform_rows(instances)])
+    if name == "fruit_classifier":
+        return estimator.predict_proba(matrix)
+    return estimator.predict(matrix)
 
 
-def _instances(name):
-    rows = sample_fruit(seed=99, count=30)
-    if name == "apple_weight_regressor":
-        rows = [r for r in rows if r["label"] == "apple"]
-    return [{k: r[k] for k in get_spec(name).features} for r in rows]
+def _instances(storage, name, count=20):
+    """Raw rows of the model's test split, as a client would send them."""
+    from features.catalog import get_view
+    from features.datasets import TrainingDataset
+
+    spec = get_spec(name)
+    inputs = [i["name"] for i in ModelRegistry(storage).get(name).signature["inputs"]]
+    rows = TrainingDataset.open(storage, get_view(spec.view)).read("test").take(200)
+    complete = [row for row in rows if all(row[f] is not None for f in inputs)]
+    return [{f: row[f] for f in inputs} for row in complete[:count]]
 
 
-@pytest.mark.parametrize("name", ["fruit_classifier", "apple_weight_regressor"])
-def test_served_predictions_equal_the_models_own(serve_url, trained_fruit, name):
-    storage, versions = trained_fruit
-    instances = _instances(name)
+@pytest.mark.parametrize("name", ["fruit_classifier", "surf_regressor"])
+def test_served_predictions_equal_the_models_own(serve_url, trained_models, name):
+    storage, results = trained_models
+    instances = _instances(storage, name)
     response = httpx.post(f"{serve_url}/v1/models/{name}:predict", json={"instances": instances}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert (body["model"], body["version"]) == (name, versions[name])
-    estimator = _own_estimator(storage, name, versions[name])
-    matrix = np.array([[row[f] for f in get_spec(name).features] for row in instances])
-    expected = estimator.predict(matrix)
+    assert (body["model"], body["version"]) == (name, results[name]["version"])
+    expected = _own_prediction(storage, name, body["version"], instances)
     if name == "fruit_classifier":
-        assert [p["label"] for p in body["predictions"]] == list(expected)
-        probabilities = estimator.predict_proba(matrix)
-        served = np.array([[p["probabilities"][c] for c in estimator.classes_] for p in body["predictions"]])
-        np.testing.assert_array_equal(served, probabilities)
+        classes = ["apple", "orange"]
+        served = np.array([[p["probabilities"][c] for c in classes] for p in body["predictions"]])
+        np.testing.assert_array_equal(served, expected)
+        assert [p["label"] for p in body["predictions"]] == [classes[i] for i in expected.argmax(axis=1)]
     else:
         np.testing.assert_array_equal(np.array(body["predictions"]), expected)
 
 
-def test_an_exact_version_can_be_addressed(serve_url, trained_fruit):
+def test_an_exact_version_can_be_addressed(serve_url, trained_models):
     response = httpx.post(f"{serve_url}/v1/models/fruit_classifier/versions/1:predict",
-                          json={"instances": _instances("fruit_classifier")[:2]}, timeout=30)
+                          json={"instances": _instances(trained_models[0], "fruit_classifier")[:2]}, timeout=30)
     assert response.status_code == 200
     assert response.json()["version"] == 1
 
 
-def test_models_are_listed_with_versions_and_aliases(serve_url, trained_fruit):
+def test_models_are_listed_with_versions_and_aliases(serve_url, trained_models):
     models = {m["name"]: m for m in httpx.get(f"{serve_url}/v1/models", timeout=30).json()["models"]}
     assert models["fruit_classifier"]["versions"] == [1]
     assert models["fruit_classifier"]["aliases"] == {"production": 1}
@@ -64,20 +79,20 @@ def test_models_are_listed_with_versions_and_aliases(serve_url, trained_fruit):
     "body, status, fragment",
     [
         ({"instances": [{"red": 0.5}]}, 422, "missing feature(s) green"),
-        ({"instances": [{**{f: 1.0 for f in get_spec("fruit_classifier").features}, "colour": 1}]}, 422, "unknown feature(s) colour"),
-        ({"instances": [{**{f: 1.0 for f in get_spec("fruit_classifier").features}, "red": "crimson"}]}, 422, "red must be a number"),
+        ({"instances": [{**{f: 1.0 for f in FRUIT_INPUTS}, "colour": 1}]}, 422, "unknown feature(s) colour"),
+        ({"instances": [{**{f: 1.0 for f in FRUIT_INPUTS}, "red": "crimson"}]}, 422, "red must be a number"),
         ({"instances": []}, 422, "instances"),
         ({"rows": []}, 422, "instances"),
     ],
 )
-def test_bad_input_gets_a_4xx_naming_the_problem(serve_url, trained_fruit, body, status, fragment):
+def test_bad_input_gets_a_4xx_naming_the_problem(serve_url, trained_models, body, status, fragment):
     response = httpx.post(f"{serve_url}/v1/models/fruit_classifier:predict", json=body, timeout=30)
     assert response.status_code == status
     assert fragment in response.text
 
 
-def test_unknown_model_or_version_is_a_404(serve_url, trained_fruit):
-    instance = _instances("fruit_classifier")[:1]
+def test_unknown_model_or_version_is_a_404(serve_url, trained_models):
+    instance = _instances(trained_models[0], "fruit_classifier")[:1]
     assert httpx.post(f"{serve_url}/v1/models/pear_classifier:predict", json={"instances": instance}, timeout=30).status_code == 404
     missing = httpx.post(f"{serve_url}/v1/models/fruit_classifier/versions/7:predict", json={"instances": instance}, timeout=30)
     assert missing.status_code == 404 and "no version 7" in missing.json()["error"]

@@ -1,0 +1,345 @@
+"""A throwaway Ray cluster started with `ray start --head`, for tests that submit Ray jobs.
+
+It stays apart from the session's `ray.init()` Ray (tests/conftest.py) and from any
+other Ray on the machine:
+
+- its own short temp dir (/tmp/orh-XXXXXXXX: Ray's Unix socket paths must stay
+  under ~107 characters, which rules out pytest's tmp_path);
+- free ports for every port whose Ray default is fixed (GCS 6379, dashboard 8265,
+  client server 10001, dashboard agent 52365); the others, workers' included, are
+  left to the operating system (port 0);
+- its own authentication token. Ray 2.60 runs token authentication, and with
+  RAY_AUTH_MODE=token every client looks for the token in RAY_AUTH_TOKEN, then
+  RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token. The cluster, the `ray` CLI and
+  (by inheritance, through raylet -> JobSupervisor -> driver) every job driver
+  get RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH pointing at a 0600 file in the
+  temp dir, so the machine-wide ~/.ray/auth_token is neither read nor written.
+
+`ray start --head --block` runs as our own child. Ray gives every worker and every
+job driver a process group of its own, so the cluster cannot be stopped by
+process group; instead the child is made a child subreaper (every orphaned
+process of the cluster is re-parented to it, so all of them stay in its process
+tree) and receives SIGTERM if the test process dies. Stopping sends it SIGTERM
+(Ray then stops its processes itself), records its process tree meanwhile, and
+kills by PID whatever recorded process outlives it, then fails naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from orchard.config import LEGACY_KERAS_ENV
+from tests.helpers import processes_mentioning
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Runs in the child before it becomes `ray start`: SIGTERM when the test process
+# dies (PR_SET_PDEATHSIG = 1), and adopt orphaned descendants
+# (PR_SET_CHILD_SUBREAPER = 36). Both survive execv.
+_FATE_SHARING_LAUNCHER = """\
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(1, signal.SIGTERM) != 0 or libc.prctl(36, 1) != 0:
+    sys.exit(f"prctl failed: {os.strerror(ctypes.get_errno())}")
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the test process died before Ray started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class RayJobSubmitError(RuntimeError):
+    """`ray job submit` failed before the cluster accepted a job."""
+
+
+@dataclass(frozen=True)
+class _Process:
+    pid: int
+    started: int
+    """Start time in clock ticks since boot: tells a process from a later one reusing its PID."""
+    command: str
+
+
+@dataclass
+class RayHeadCluster:
+    """A running `ray start --head` cluster and the means to submit jobs to it."""
+
+    address: str
+    """The dashboard's HTTP address, what `ray job submit --address` takes."""
+    gcs_address: str
+    """host:port of the GCS, what `ray.init(address=...)` takes."""
+    env: dict[str, str]
+    """Environment to run the `ray` CLI (or a driver) against this cluster with."""
+    temp_dir: Path
+    working_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds taken by: start, stop, and each submission (submit:<submission id>)."""
+
+    @property
+    def ray_executable(self) -> str:
+        return _ray_executable()
+
+    def submit(self, args: list[str], timeout: float, runtime_env_json: dict | None = None,
+               submission_id: str | None = None) -> tuple[int, str]:
+        """Run `ray job submit --working-dir <working_dir> -- <args>`, wait for the job, return (returncode, logs).
+
+        `returncode` is the CLI's: 0 when the job succeeded, 1 when it failed. `logs`
+        is the job's own output (its driver log), as the job API serves it.
+        """
+        submission_id = submission_id or f"orh-{uuid.uuid4().hex[:12]}"
+        command = [self.ray_executable, "job", "submit", "--address", self.address,
+                   "--working-dir", str(self.working_dir), "--submission-id", submission_id]
+        if runtime_env_json is not None:
+            command += ["--runtime-env-json", json.dumps(runtime_env_json)]
+        command += ["--", *args]
+        started = time.monotonic()
+        try:
+            result = subprocess.run(command, env=self.env, cwd=self.working_dir, capture_output=True,
+                                    text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as timed_out:
+            self._stop_job(submission_id)
+            raise TimeoutError(
+                f"job {submission_id} ({shlex.join(args)}) did not finish within {timeout} s; output so far:\n"
+                f"{_text(timed_out.stdout)}{_text(timed_out.stderr)}"
+            ) from None
+        self.timings[f"submit:{submission_id}"] = time.monotonic() - started
+        log.info("job %s: `ray job submit` exited with %d after %.1f s", submission_id, result.returncode,
+                 self.timings[f"submit:{submission_id}"])
+        try:
+            logs = self.job_logs(submission_id)
+        except urllib.error.HTTPError as error:
+            raise RayJobSubmitError(
+                f"`ray job submit` exited with {result.returncode} and the cluster knows no job "
+                f"{submission_id} (HTTP {error.code}):\n{result.stdout}{result.stderr}"
+            ) from None
+        return result.returncode, logs
+
+    def job_info(self, submission_id: str) -> dict:
+        """The job API's record of a job: status, message, driver_exit_code, ..."""
+        return self._request("GET", f"/api/jobs/{submission_id}")
+
+    def job_logs(self, submission_id: str) -> str:
+        return self._request("GET", f"/api/jobs/{submission_id}/logs")["logs"]
+
+    def _stop_job(self, submission_id: str, timeout: float = 20.0) -> None:
+        """Ask the cluster to stop a job and wait until it has (SIGTERM, then SIGKILL after 3 s)."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(urllib.error.URLError):
+            self._request("POST", f"/api/jobs/{submission_id}/stop")
+            while self.job_info(submission_id)["status"] in ("PENDING", "RUNNING") and time.monotonic() < deadline:
+                time.sleep(0.25)
+
+    def _request(self, method: str, path: str) -> dict:
+        token = Path(self.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+        request = urllib.request.Request(self.address + path, method=method,
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+
+@contextlib.contextmanager
+def ray_head_cluster(num_cpus: int = 2, *, working_dir: Path = PROJECT_ROOT,
+                     object_store_memory: int = 512 * 1024**2, start_timeout: float = 90.0,
+                     stop_timeout: float = 60.0) -> Iterator[RayHeadCluster]:
+    """Start a one-node Ray with `ray start --head --block`; stop it and check nothing survives on exit."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="orh-", dir="/tmp"))
+    token_path = temp_dir / "auth_token"
+    descriptor = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as token_file:
+        token_file.write(secrets.token_hex(32))
+    env = _cluster_environment(token_path)
+    gcs_port, dashboard_port, client_port, agent_port = _free_ports(4)
+    command = [
+        sys.executable, "-c", _FATE_SHARING_LAUNCHER, str(os.getpid()),
+        _ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
+        "--num-cpus", str(num_cpus), "--object-store-memory", str(object_store_memory),
+        "--temp-dir", str(temp_dir), "--port", str(gcs_port),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+        "--ray-client-server-port", str(client_port), "--dashboard-agent-listen-port", str(agent_port),
+        "--min-worker-port", "0", "--max-worker-port", "0",
+        "--log-style", "record", "--log-color", "false",
+    ]
+    output_path = temp_dir / "ray-start.log"
+    started = time.monotonic()
+    with open(output_path, "wb") as output:
+        # A session of its own: a Ctrl-C meant for pytest must not reach Ray before pytest's teardown stops it.
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    cluster = RayHeadCluster(address=f"http://127.0.0.1:{dashboard_port}", gcs_address="", env=env,
+                             temp_dir=temp_dir, working_dir=working_dir)
+    try:
+        cluster.gcs_address = _wait_until_ready(cluster, process, output_path, gcs_port, start_timeout)
+        cluster.timings["start"] = time.monotonic() - started
+        log.info("Ray head %s (GCS %s) started in %.1f s", cluster.address, cluster.gcs_address,
+                 cluster.timings["start"])
+        yield cluster
+    finally:
+        stopping = time.monotonic()
+        survivors = _stop(process, temp_dir, stop_timeout)
+        cluster.timings["stop"] = time.monotonic() - stopping
+        log.info("Ray head %s stopped in %.1f s", cluster.address, cluster.timings["stop"])
+        if survivors:  # said here too: an exception from the body would hide the assertion below
+            log.error("Ray head in %s left processes running: %s", temp_dir, survivors)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not survivors, (
+        f"Ray head in {temp_dir} left processes running after `ray start` exited "
+        f"(those among its own processes were then killed): {survivors}"
+    )
+
+
+def _ray_executable() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+def _cluster_environment(token_path: Path) -> dict[str, str]:
+    # Nothing of the session's Ray (RAY_ADDRESS, RAY_AUTH_*, ...) or of the developer's Orchard settings leaks in.
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("RAY_", "ORCHARD_"))}
+    # `python` in a job's entrypoint must be the project's interpreter: put the virtualenv first on PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # In the cluster's own environment rather than the job's runtime_env: every worker and driver inherits it, and
+    # a driver's `ray.init(runtime_env=...)` that sets it too (orchard.runtime.ray_session) does not conflict with
+    # the job's runtime_env (Ray refuses to merge two runtime_envs that set the same variable).
+    env.update(LEGACY_KERAS_ENV)
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token_path),
+        RAY_USAGE_STATS_ENABLED="0",
+        # On SIGTERM Ray 2.60 first drains the node for up to 30 s (for Serve behind Kubernetes); not for a test.
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+    )
+    return env
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on every interface (all held open together, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def _wait_until_ready(cluster: RayHeadCluster, process: subprocess.Popen, output_path: Path, gcs_port: int,
+                      timeout: float) -> str:
+    """Wait for `ray start` to record its GCS address (its last step before blocking) and for the job API to answer.
+
+    Returns the GCS address as Ray recorded it: host:port, the host being the node IP that Ray picked.
+    """
+    address_file = cluster.temp_dir / "ray_current_cluster"
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with {process.returncode}:\n{_tail(output_path)}")
+        recorded = address_file.read_text().strip() if address_file.exists() else ""
+        try:
+            if recorded.endswith(f":{gcs_port}"):
+                cluster._request("GET", "/api/jobs/")
+                return recorded
+            waiting_for = f"GCS address in {address_file} (found {recorded!r})"
+        except OSError as error:  # refused while starting; an HTTP 401/403 would mean our token is not the one
+            waiting_for = f"the job API at {cluster.address} (last: {error})"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Ray head not ready within {timeout} s, still waiting for {waiting_for}:\n"
+                               f"{_tail(output_path)}")
+        time.sleep(0.25)
+
+
+def _stop(process: subprocess.Popen, temp_dir: Path, timeout: float) -> list[tuple[int, str]]:
+    """SIGTERM `ray start`, then make sure every process of the cluster is gone; returns those that were not."""
+    seen = _descendants(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        seen.update(_descendants(process.pid))  # orphans are re-parented to it: all of the cluster is in its tree
+        time.sleep(0.2)
+    if process.poll() is None:
+        log.error("`ray start` (pid %d) still running %.0f s after SIGTERM: killing it", process.pid, timeout)
+        process.kill()
+    process.wait()
+    # Ray kills its direct children; some grandchildren (a job driver's watchdog) need a moment more.
+    deadline = time.monotonic() + 15
+    while _survivors(seen, temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = _survivors(seen, temp_dir)
+    for pid, _ in survivors:
+        if pid in seen and _running(seen[pid]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return survivors
+
+
+def _survivors(seen: dict[int, _Process], temp_dir: Path) -> list[tuple[int, str]]:
+    running = {pid: recorded.command for pid, recorded in seen.items() if _running(recorded)}
+    running.update(processes_mentioning(str(temp_dir)))  # the folder is unique to this cluster
+    return sorted(running.items())
+
+
+def _descendants(root: int) -> dict[int, _Process]:
+    children: dict[int, list[int]] = {}
+    started: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        stat = _stat(int(entry.name))
+        if stat is not None:
+            children.setdefault(stat[1], []).append(int(entry.name))
+            started[int(entry.name)] = stat[2]
+    found: dict[int, _Process] = {}
+    pending = list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        found[pid] = _Process(pid, started[pid], _command(pid))
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def _running(recorded: _Process) -> bool:
+    stat = _stat(recorded.pid)
+    return stat is not None and stat[0] != "Z" and stat[2] == recorded.started
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) from /proc/<pid>/stat, or None once the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return ""
+
+
+def _tail(path: Path, characters: int = 4000) -> str:
+    return path.read_text(errors="replace")[-characters:]
+
+
+def _text(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
