@@ -290,8 +290,9 @@ def models_promote(
 ) -> None:
     """Point an alias at a version; rolling back is promoting an older version."""
     registry = _registry(context)
-    previous = _registry_call(lambda: registry.promote(model, version, alias))
-    result = {"model": model, "alias": alias, "version": registry.resolve(model, alias), "previous": previous}
+    target = _registry_call(lambda: registry.resolve(model, version))
+    previous = _registry_call(lambda: registry.promote(model, target, alias), "--alias")
+    result = {"model": model, "alias": alias, "version": target, "previous": previous}
     emit(result, as_json=as_json, human=lambda r: f"{r['model']}@{r['alias']}: {r['previous']} -> {r['version']}")
 
 
@@ -310,7 +311,7 @@ def models_best(
     best = _registry_call(lambda: registry.best(model, metric, higher_is_better=higher_is_better), "--metric")
     result = {"model": model, "version": best.version, "metric": metric, "value": best.test_metrics[metric]}
     if alias:
-        result["previous"] = registry.promote(model, best.version, alias)
+        result["previous"] = _registry_call(lambda: registry.promote(model, best.version, alias), "--promote")
         result["alias"] = alias
     emit(result, as_json=as_json, human=lambda r: f"{r['model']}:{r['version']} has the best {r['metric']} "
          f"({r['value']:.4g})" + (f"; {r['alias']} now points at it" if alias else ""))

@@ -38,11 +38,12 @@ class DemoError(RuntimeError):
 
 
 def held_out_rows(storage: Storage, model: str, count: int) -> list[dict]:
-    """Rows of the model's test split that it never trained on: raw features plus the truth."""
+    """Rows of the test split of the dataset the production version trained on: raw features plus the truth."""
     view = get_view(get_spec(model).view)
-    inputs = [item["name"] for item in ModelRegistry(storage).get(model).signature["inputs"]]
+    card = ModelRegistry(storage).get(model).card
+    inputs = [item["name"] for item in card["signature"]["inputs"]]
     target = view.label.target
-    rows = TrainingDataset.open(storage, view).read("test").take(10 * count)
+    rows = TrainingDataset.open(storage, view, card["lineage"]["dataset_version"]).read("test").take(10 * count)
     complete = [row for row in rows if all(row[name] is not None for name in [*inputs, target])]
     return [{**{name: row[name] for name in inputs}, "_truth": row[target]} for row in complete[:count]]
 

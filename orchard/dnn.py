@@ -46,7 +46,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-
 from orchard.model_data import FEATURES_COLUMN, TARGET_COLUMN, ModelDataError, PreparedData, prepare_splits
 from orchard.storage import Storage
 
@@ -207,13 +206,17 @@ def train_loop_per_worker(config: dict) -> None:
 
     train = _tf_dataset(ray.train.get_dataset_shard("train"), config)
     validation = _tf_dataset(ray.train.get_dataset_shard("validation"), config)
-    is_chief = ray.train.get_context().get_world_rank() == 0
+    context = ray.train.get_context()
+    is_chief = context.get_world_rank() == 0
+    environment = {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__, "ray": ray.__version__,
+                   "gpus_visible": len(tf.config.list_physical_devices("GPU")), "world_size": context.get_world_size()}
     after_epoch: Callable[[int], None] | None = config.get("after_epoch")
     for epoch in range(completed + 1, config["epochs"] + 1):
         epoch_started = time.perf_counter()
         fitted = model.fit(train, validation_data=validation, epochs=epoch, initial_epoch=epoch - 1, verbose=0)
         metrics = {name: float(values[-1]) for name, values in fitted.history.items()}
-        metrics.update(epoch=epoch, resumed_from=completed, fit_seconds=round(time.perf_counter() - epoch_started, 3))
+        metrics.update(epoch=epoch, resumed_from=completed, world_size=environment["world_size"],
+                       fit_seconds=round(time.perf_counter() - epoch_started, 3))
         with tempfile.TemporaryDirectory(prefix="orchard-dnn-") as folder:
             # Every worker saves (MultiWorkerMirroredStrategy expects all of them to), only rank 0's copy is
             # reported. The explicit format matters: tf-keras keeps its "native format on" switch per thread and
@@ -221,7 +224,7 @@ def train_loop_per_worker(config: dict) -> None:
             # saves to "model.keras" would silently write HDF5.
             model.save(os.path.join(folder, MODEL_FILE), save_format="keras_v3")
             with open(os.path.join(folder, STATE_FILE), "w") as handle:
-                json.dump({"epoch": epoch, "metrics": metrics}, handle)
+                json.dump({"epoch": epoch, "metrics": metrics, "environment": environment}, handle)
             with open(os.path.join(folder, DESCRIPTION_FILE), "w") as handle:
                 json.dump(config["description"], handle, indent=2)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if is_chief else None,
@@ -251,8 +254,10 @@ def train_dnn(
     The run lives under `<storage>/train_runs/<run_name>`; a `run_name` that
     already holds checkpoints continues from its latest one. `after_epoch(epoch)`
     runs in every worker after each epoch's report (a hook for progress or fault
-    injection). `data` reuses splits already prepared for `spec`. Returns the final metrics, the per-epoch history, the last
-    checkpoint's path, its model's bytes and the epoch count; the model is not registered.
+    injection). `data` reuses splits already prepared for `spec`. Returns the
+    final metrics, the per-epoch history, the last checkpoint's path, its model's
+    bytes, what the workers ran (TensorFlow, Ray, GPUs) and the epoch count; the
+    model is not registered.
     """
     from orchard.runtime import prepare_driver_environment
 
@@ -316,12 +321,15 @@ def train_dnn(
     with result.checkpoint.as_directory() as folder:
         with open(os.path.join(folder, MODEL_FILE), "rb") as handle:
             model_bytes = handle.read()
+        with open(os.path.join(folder, STATE_FILE)) as handle:
+            worker_environment = json.load(handle).get("environment", {})
     return {
         "name": spec.name,
         "run_name": run_name,
         "run_path": result.path,
         "checkpoint": result.checkpoint.path,
         "model_bytes": model_bytes,
+        "worker_environment": worker_environment,
         "epochs": int(result.metrics["epoch"]),
         "metrics": dict(result.metrics),
         "history": history,

@@ -52,11 +52,13 @@ def partials(task: str, y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: in
     true, predicted = y_true.astype(np.float64), y_pred.astype(np.float64)
     if not np.all(np.isfinite(predicted)):
         raise EvaluationError(f"{int(np.sum(~np.isfinite(predicted)))} prediction(s) are not finite")
-    error, baseline_error = predicted - true, train_mean - true
-    return {"n": int(len(true)), "sum_y": float(true.sum()), "sum_y2": float(np.square(true).sum()),
+    error, deviation = predicted - true, true - train_mean
+    # Sums of deviations from the training mean, not of raw values: targets with a large mean would make
+    # sum(y^2) - sum(y)^2 / n cancel out.
+    return {"n": int(len(true)), "sum_deviation": float(deviation.sum()),
             "abs_error": float(np.abs(error).sum()), "sq_error": float(np.square(error).sum()),
-            "baseline_abs_error": float(np.abs(baseline_error).sum()),
-            "baseline_sq_error": float(np.square(baseline_error).sum())}
+            "baseline_abs_error": float(np.abs(deviation).sum()),
+            "baseline_sq_error": float(np.square(deviation).sum())}
 
 
 def merge(a: dict | None, b: dict) -> dict:
@@ -95,10 +97,11 @@ def finish(task: str, sums: dict | None, *, majority_class: int | None = None) -
         n = sums["n"]
         if n == 0:
             raise EvaluationError("there are no test rows to evaluate on")
-        total_squares = sums["sum_y2"] - sums["sum_y"] ** 2 / n
+        # Squared deviations from the test mean, from those around the training mean (Steiner's theorem).
+        total_squares = sums["baseline_sq_error"] - sums["sum_deviation"] ** 2 / n
 
         def regression(abs_error: float, sq_error: float) -> dict:
-            r2 = 1 - sq_error / total_squares if total_squares > 1e-12 * max(1.0, sums["sum_y2"]) else None
+            r2 = 1 - sq_error / total_squares if total_squares > 1e-12 * max(1.0, sums["baseline_sq_error"]) else None
             return {"mae": abs_error / n, "rmse": math.sqrt(sq_error / n), "r2": r2, "n": n}
 
         test = regression(sums["abs_error"], sums["sq_error"])

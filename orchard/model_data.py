@@ -114,6 +114,9 @@ def _block_summary(batch: dict[str, np.ndarray], n_classes: int) -> dict[str, np
     target = batch[TARGET_COLUMN]
     mean = features.mean(axis=0) if len(features) else np.zeros(features.shape[1])
     m2 = np.square(features - mean).sum(axis=0)
+    if n_classes and len(target) and (target.min() < 0 or target.max() >= n_classes):
+        raise ModelDataError(f"a class index outside 0..{n_classes - 1} is in the data: "
+                             f"{sorted(set(target[(target < 0) | (target >= n_classes)].tolist()))[:5]}")
     counts = np.bincount(target.astype(np.int64), minlength=n_classes) if n_classes else np.zeros(0, np.int64)
     return {"count": np.array([len(features)]), "mean": mean[None, :], "m2": m2[None, :],
             "target_sum": np.array([float(target.astype(np.float64).sum())]), "class_counts": counts[None, :]}
@@ -133,8 +136,6 @@ def split_summary(prepared: "ray.data.Dataset", n_classes: int = 0) -> dict[str,
         n = int(part["count"])
         if n == 0:
             continue
-        if len(part["class_counts"]) > n_classes:
-            raise ModelDataError(f"class index {len(part['class_counts']) - 1} is outside the {n_classes} classes")
         class_counts += np.asarray(part["class_counts"], np.int64)
         target_sum += float(part["target_sum"])
         if count == 0:
@@ -211,7 +212,9 @@ def raw_signature(spec: ModelDescription, inputs: ModelInputs) -> dict:
             datatype = "BYTES"
         elif pa.types.is_boolean(kind):
             datatype = "BOOL"
-        elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        elif pa.types.is_integer(kind):
+            datatype = "INT64"
+        elif pa.types.is_floating(kind):
             datatype = "FP64"
         else:
             raise ModelDataError(f"model {spec.name}: feature {name!r} has type {kind}, which requests cannot carry")

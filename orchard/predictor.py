@@ -97,6 +97,10 @@ class Predictor:
                 raise InputError(f"instances could not be transformed: {error}") from None
         columns = self.signature.get("model_inputs") or self.feature_names
         matrix = np.empty((len(rows), len(columns)), dtype=np.float64)
+        missing = [name for name in columns if rows and name not in rows[0]]
+        if missing:
+            raise RegistryError(f"model {self.model.name}:{self.model.version}: its transformations do not produce "
+                                f"the model input(s) {missing}; the stored signature and transforms disagree")
         for row_number, row in enumerate(rows):
             for column, name in enumerate(columns):
                 value = row[name]
@@ -112,15 +116,33 @@ class Predictor:
             outputs = self.estimator(features.astype(np.float32), training=False).numpy().astype(np.float64)
             if not classification:
                 return [float(value) for value in outputs.reshape(-1)]
-            return _label_and_probabilities(outputs, list(self.signature["classes"]))
+            classes = list(self.signature["classes"])
+            if outputs.shape[1] != len(classes):
+                raise RegistryError(f"model {self.model.name}:{self.model.version} has {outputs.shape[1]} outputs "
+                                    f"but its signature names {len(classes)} classes")
+            return _label_and_probabilities(outputs, classes)
         if not classification:
             return [float(value) for value in self.estimator.predict(features)]
-        classes = list(self.signature.get("classes") or [str(c) for c in self.estimator.classes_])
-        # A model trained on label-encoded targets knows class indices; a column per signature class, in order.
-        seen = [classes[int(c)] if isinstance(c, (int, np.integer)) else str(c) for c in self.estimator.classes_]
+        return _label_and_probabilities(self._sklearn_probabilities(features), self._classes())
+
+    def _classes(self) -> list[str]:
+        return list(self.signature.get("classes") or [str(c) for c in self.estimator.classes_])
+
+    def _sklearn_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """One column per signature class, in order, also for classes the estimator never saw in training."""
+        classes = self._classes()
+        known = [] if self.signature.get("classes") else list(range(len(classes)))
+        for value in self.estimator.classes_ if not known else ():
+            if isinstance(value, (int, np.integer)) and 0 <= value < len(classes):
+                known.append(int(value))  # trained on label-encoded targets: an index into the signature's classes
+            elif str(value) in classes:
+                known.append(classes.index(str(value)))  # trained on the class names themselves
+            else:
+                raise RegistryError(f"model {self.model.name}:{self.model.version}: the estimator's class {value!r} "
+                                    f"is neither a class nor a class index of the signature's {classes}")
         probabilities = np.zeros((len(features), len(classes)))
-        probabilities[:, [classes.index(c) for c in seen]] = self.estimator.predict_proba(features)
-        return _label_and_probabilities(probabilities, classes)
+        probabilities[:, known] = self.estimator.predict_proba(features)
+        return probabilities
 
 
 def _label_and_probabilities(probabilities: np.ndarray, classes: list[str]) -> list[dict]:
@@ -139,6 +161,10 @@ def _checked(value: Any, datatype: str, where: str) -> Any:
         if not isinstance(value, bool):
             raise InputError(f"{where} must be true or false, got {value!r}")
         return value
+    if datatype == "INT64":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise InputError(f"{where} must be an integer, got {value!r}")
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{where} must be a number, got {value!r}")
     if not math.isfinite(value):

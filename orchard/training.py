@@ -166,6 +166,12 @@ def check_request(spec: ModelSpec, *, dataset: str | None, gpu: bool, epochs: in
     return parse_dataset(spec, dataset)
 
 
+def check_storage(storage: Storage) -> None:
+    if not storage.is_local:
+        raise TrainingError(f"the model registry needs a POSIX file system (a local folder, or one every node mounts "
+                            f"such as NFS) for its atomic version claims and alias lock, not {storage.root_uri}")
+
+
 # -- scikit-learn: arrays in the object store, one task per candidate
 
 
@@ -185,11 +191,12 @@ def _score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def _fit_candidate(spec: SklearnSpec, params: dict, train: dict, validation: dict) -> dict:
     import skops.io as sio
 
-    started = time.perf_counter()
+    started, wall_start = time.perf_counter(), time.time()
     estimator = spec.build(params).fit(train[FEATURES_COLUMN], train[TARGET_COLUMN])
     score = _score(spec.task, validation[TARGET_COLUMN], estimator.predict(validation[FEATURES_COLUMN]))
     return {"params": params, "validation": {evaluation.COMPARED_ON[spec.task]: score},
-            "seconds": round(time.perf_counter() - started, 3), "model": sio.dumps(estimator)}
+            "seconds": round(time.perf_counter() - started, 3), "ran": [wall_start, time.time()],
+            "model": sio.dumps(estimator)}
 
 
 def _evaluate_sklearn(spec: SklearnSpec, params: dict, model: bytes, train: dict, validation: dict, test: dict,
@@ -212,27 +219,33 @@ def _evaluate_sklearn(spec: SklearnSpec, params: dict, model: bytes, train: dict
     return {"sums": sums, "curve": curve}
 
 
-def train_sklearn(storage: Storage, spec: SklearnSpec, data: PreparedData, *, workers: int | None = None) -> dict:
+def train_sklearn(spec: SklearnSpec, data: PreparedData, *, workers: int | None = None) -> dict:
     """Search the spec's grid (one Ray task per candidate, at most `workers` at once), evaluate the best."""
     import ray
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise TrainingError(f"workers must be a positive integer, got {workers!r}")
-    stack = ray.remote(num_cpus=0)(_stack)
+    # One CPU: the stacking task holds a whole split, so it must run on a node that works, not a 0-CPU head.
+    stack = ray.remote(num_cpus=1)(_stack)
     arrays = {split: stack.remote(*data.splits[split].to_numpy_refs()) for split in data.splits}
     fit = ray.remote(num_cpus=1, max_retries=1)(_fit_candidate)
     candidates = spec.candidates()
     limit = workers or len(candidates)
     index_of, results = {}, {}
-    for index, params in enumerate(candidates):
-        if len(index_of) - len(results) >= limit:
-            running = [ref for ref in index_of if index_of[ref] not in results]
-            (done,), _ = ray.wait(running, num_returns=1)
-            results[index_of[done]] = ray.get(done)
-        index_of[fit.remote(spec, params, arrays["train"], arrays["validation"])] = index
-    for ref, index in index_of.items():
-        if index not in results:
-            results[index] = ray.get(ref)
+    try:
+        for index, params in enumerate(candidates):
+            if len(index_of) - len(results) >= limit:
+                running = [ref for ref in index_of if index_of[ref] not in results]
+                (done,), _ = ray.wait(running, num_returns=1)
+                results[index_of[done]] = ray.get(done)
+            index_of[fit.remote(spec, params, arrays["train"], arrays["validation"])] = index
+        for ref, index in index_of.items():
+            if index not in results:
+                results[index] = ray.get(ref)
+    finally:  # a failed candidate stops the search; the others need not run on
+        for ref, index in index_of.items():
+            if index not in results:
+                ray.cancel(ref)
     searched = [results[i] for i in range(len(candidates))]
     metric = evaluation.COMPARED_ON[spec.task]
     higher = evaluation.HIGHER_IS_BETTER[metric]
@@ -249,7 +262,7 @@ def train_sklearn(storage: Storage, spec: SklearnSpec, data: PreparedData, *, wo
         "artifact": ("model.skops", chosen["model"]),
         "sums": evaluated["sums"],
         "hyperparameters": chosen["params"],
-        "search": [{"params": c["params"], "validation": c["validation"], "seconds": c["seconds"]} for c in searched],
+        "search": [{key: c[key] for key in ("params", "validation", "seconds", "ran")} for c in searched],
         "learning_curve": {"x": "training rows", "metric": metric, "points": evaluated["curve"]},
         "learning_curve_png": curve_png,
     }
@@ -293,14 +306,17 @@ def train_keras(storage: Storage, spec: DnnSpec, data: PreparedData, *, workers:
     for row in parts.iter_rows():
         sums = evaluation.merge(sums, json.loads(row["sums"]))
     history = trained["history"]
+    curves = {label: [(m["epoch"], m[key]) for m in history if math.isfinite(m[key])]
+              for label, key in (("train loss", "loss"), ("validation loss", "val_loss"))}
+    curves = {label: points for label, points in curves.items() if points}  # a diverged run has no finite loss
     curve_png = plots.learning_curve_png(
-        {"train loss": [(m["epoch"], m["loss"]) for m in history],
-         "validation loss": [(m["epoch"], m["val_loss"]) for m in history]},
-        title=f"{spec.name}: learning curve", x_label="epoch",
-        y_label="cross-entropy" if spec.task == "classification" else "mean squared error")
+        curves, title=f"{spec.name}: learning curve", x_label="epoch",
+        y_label="cross-entropy" if spec.task == "classification" else "mean squared error") if curves else None
     hyperparameters = {key: value for key, value in asdict(spec).items()
                        if key in ("hidden_units", "batch_size", "learning_rate", "seed")}
-    hyperparameters.update(epochs=trained["epochs"], workers=workers, gpu=gpu)
+    # Each worker takes batch_size rows per step, so one optimizer step sees batch_size x workers rows.
+    hyperparameters.update(epochs=trained["epochs"], workers=workers, gpu=gpu,
+                           global_batch_size=spec.batch_size * workers)
     return {
         "artifact": ("model.keras", trained["model_bytes"]),
         "sums": sums,
@@ -308,6 +324,7 @@ def train_keras(storage: Storage, spec: DnnSpec, data: PreparedData, *, workers:
         "learning_curve": {"x": "epoch", "metric": "loss", "points": history},
         "learning_curve_png": curve_png,
         "train_run": trained["run_path"],
+        "worker_environment": trained["worker_environment"],
     }
 
 
@@ -334,10 +351,11 @@ def train_model(
 
     spec = get_spec(name)
     dataset_version = check_request(spec, dataset=dataset, gpu=gpu, epochs=epochs)
+    check_storage(storage)
     started = time.perf_counter()
     data = prepare_splits(storage, spec, dataset_version)
     if isinstance(spec, SklearnSpec):
-        trained = train_sklearn(storage, spec, data, workers=workers)
+        trained = train_sklearn(spec, data, workers=workers)
         flavor = "sklearn"
     else:
         trained = train_keras(storage, spec, data, workers=workers or 1, gpu=gpu, epochs=epochs)
@@ -363,8 +381,9 @@ def train_model(
     files = {
         trained["artifact"][0]: trained["artifact"][1],
         TRANSFORMS_FILE: data.dataset.storage.read_bytes(f"{data.dataset.location}/transforms.json"),
-        LEARNING_CURVE_FILE: trained["learning_curve_png"],
     }
+    if trained["learning_curve_png"] is not None:
+        files[LEARNING_CURVE_FILE] = trained["learning_curve_png"]
     if spec.task == "classification":
         files[CONFUSION_MATRIX_FILE] = plots.confusion_matrix_png(
             metrics["test"]["confusion_matrix"], list(raw_signature(spec, data.inputs)["classes"]),
@@ -378,6 +397,7 @@ def train_model(
     }
     if "train_run" in trained:
         lineage["train_run"] = trained["train_run"]
+        lineage["worker_environment"] = trained["worker_environment"]
     card = {
         "flavor": flavor,
         "task": spec.task,
@@ -422,7 +442,7 @@ def library_versions(flavor: str) -> dict[str, str | None]:
 
 
 def code_version() -> str | None:
-    """The git commit of the training code (`+dirty` if it has uncommitted changes).
+    """The git commit of the training code (`+dirty` if it has uncommitted changes or files git does not track).
 
     `ORCHARD_CODE_VERSION` wins: a Ray job's uploaded working directory has no
     `.git`, so its submitter passes the commit in the runtime env.
@@ -441,5 +461,5 @@ def code_version() -> str | None:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return None
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + ("+dirty" if git("status", "--porcelain") else "")
 

@@ -9,6 +9,7 @@ On a cluster: ``ray job submit --working-dir . -- python -m pipelines.train ...`
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import List, Optional
 
@@ -19,6 +20,8 @@ from orchard.output import emit, stdout_reserved_for_json
 from orchard.runtime import ray_session
 from orchard.storage import Storage
 
+log = logging.getLogger(__name__)
+
 WORKERS_HELP = ("Ray Train workers of a network (default 1); for a scikit-learn model, the most grid-search "
                 "tasks run at once (default: all).")
 GPU_HELP = "Give each Ray Train worker one GPU (networks only; the cluster must have GPU nodes)."
@@ -27,31 +30,42 @@ GPU_HELP = "Give each Ray Train worker one GPU (networks only; the cluster must 
 def run(config: OrchardConfig, models: list[str], *, dataset: str | None = None, workers: int | None = None,
         gpu: bool = False, epochs: int | None = None, force: bool = False, alias: str | None = None,
         quiet: bool = False) -> list[dict]:
-    """Train each model in turn; a model below its baseline is reported (`registered: false`), not raised."""
-    from orchard.dnn import DnnSpec
-    from orchard.training import BelowBaselineError, check_request, get_spec, train_model
+    """Train each model in turn, one result per model.
 
-    # --gpu and --epochs apply to the networks among the models, and must apply to one of them.
+    Bad names and options raise before Ray starts or any model trains. After that
+    a model that fails, or does not beat its baseline, is reported in its result
+    (`registered: false` and `error`) and the next model still trains.
+    """
+    from orchard.dnn import DnnSpec
+    from orchard.training import BelowBaselineError, check_request, check_storage, get_spec, train_model
+
+    storage = Storage(config.storage)
+    check_storage(storage)
+    # --gpu and --epochs apply to the networks among the models (to every model when none is a network, so that
+    # asking them of a decision tree alone is refused by check_request).
     networks = [name for name in models if isinstance(get_spec(name), DnnSpec)]
-    options = {name: {"gpu": gpu, "epochs": epochs} if name in networks or not networks else {"gpu": False, "epochs": None}
-               for name in models}
-    for name in models:  # a bad name or option fails before Ray starts or any model trains
+    options = {}
+    for name in models:
+        applies = name in networks or not networks
+        options[name] = {"gpu": gpu, "epochs": epochs} if applies else {"gpu": False, "epochs": None}
         check_request(get_spec(name), dataset=dataset, **options[name])
     results = []
     with ray_session(config, quiet=quiet):
         for name in models:
             try:
-                results.append(train_model(Storage(config.storage), name, dataset=dataset, workers=workers,
-                                           force=force, alias=alias, **options[name]))
+                results.append(train_model(storage, name, dataset=dataset, workers=workers, force=force, alias=alias,
+                                           **options[name]))
             except BelowBaselineError as refused:
                 results.append({**refused.result, "registered": False, "error": str(refused)})
+            except Exception as error:  # noqa: BLE001 - one model's failure is reported; the others still train
+                log.exception("training %s failed", name)
+                results.append({"model": name, "registered": False, "error": f"{type(error).__name__}: {error}"})
     return results
 
 
 def run_command(config: OrchardConfig, models: list[str], *, as_json: bool, **options) -> None:
-    """What `orchard train` and this module's command do: train, print, exit 1 if a model was refused."""
+    """What `orchard train` and this module's command do: train, print, exit 1 if a model was not registered."""
     from features.datasets import DatasetError
-    from orchard.evaluation import EvaluationError
     from orchard.model_data import ModelDataError
     from orchard.registry import RegistryError
     from orchard.training import TrainingError
@@ -59,13 +73,14 @@ def run_command(config: OrchardConfig, models: list[str], *, as_json: bool, **op
     try:
         with stdout_reserved_for_json(as_json):
             results = run(config, models, quiet=as_json, **options)
-    except (KeyError, DatasetError, EvaluationError, ModelDataError, RegistryError, TrainingError) as error:
+    except (KeyError, DatasetError, ModelDataError, RegistryError, TrainingError) as error:
         raise typer.BadParameter(str(error).strip('"')) from None
     emit(results[0] if len(results) == 1 else results, as_json=as_json,
          human=lambda _: "\n".join(_human(result) for result in results))
-    refused = [r["model"] for r in results if not r["registered"]]
-    if refused:
-        print(f"not registered (below baseline): {', '.join(refused)}; --force registers anyway", file=sys.stderr)
+    failed = [r["model"] for r in results if not r["registered"]]
+    if failed:
+        print(f"not registered: {', '.join(failed)} (see each one's error; --force registers a model below its "
+              "baseline)", file=sys.stderr)
         raise typer.Exit(code=1)
 
 

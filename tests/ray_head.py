@@ -215,10 +215,10 @@ def _cluster_environment(token_path: Path) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(("RAY_", "ORCHARD_"))}
     # `python` in a job's entrypoint must be the project's interpreter: put the virtualenv first on PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # In the cluster's own environment rather than the job's runtime_env: every worker and driver inherits it, and
-    # a driver's `ray.init(runtime_env=...)` that sets it too (orchard.runtime.ray_session) does not conflict with
-    # the job's runtime_env (Ray refuses to merge two runtime_envs that set the same variable).
-    env.update(LEGACY_KERAS_ENV)
+    # Not in the cluster's environment (this process has it once the session's Ray ran): a user's `ray start`
+    # lacks it, and the jobs must get it the way they would there, from orchard.runtime.ray_session's runtime env.
+    for name in LEGACY_KERAS_ENV:
+        env.pop(name, None)
     env.update(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(token_path),

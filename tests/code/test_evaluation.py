@@ -54,6 +54,10 @@ def test_regression_metrics_equal_scikit_learns_however_the_split_is_cut(pairs, 
     assert result["test"]["rmse"] == pytest.approx(math.sqrt(metrics.mean_squared_error(y_true, y_pred)), abs=1e-9)
     constant = np.full_like(y_true, train_mean)
     assert result["baseline"]["mae"] == pytest.approx(metrics.mean_absolute_error(y_true, constant), abs=1e-9)
+    baseline_rmse = math.sqrt(metrics.mean_squared_error(y_true, constant))
+    assert result["baseline"]["rmse"] == pytest.approx(baseline_rmse, abs=1e-9)
+    if abs(result["test"]["rmse"] - baseline_rmse) > 1e-9:
+        assert result["beats_baseline"] == (result["test"]["rmse"] < baseline_rmse)
     if np.var(y_true) > 1e-6:
         assert result["test"]["r2"] == pytest.approx(metrics.r2_score(y_true, y_pred), abs=1e-6)
         assert result["baseline"]["r2"] == pytest.approx(metrics.r2_score(y_true, constant), abs=1e-6)
@@ -104,3 +108,11 @@ def test_constant_targets_have_no_r2():
 def test_bad_input_is_refused_with_a_clear_error(call, message):
     with pytest.raises(EvaluationError, match=message):
         call()
+
+
+def test_r2_stays_exact_for_targets_far_from_zero():
+    rng = np.random.default_rng(0)
+    y_true = 1e6 + rng.normal(size=500)
+    y_pred = y_true + rng.normal(scale=0.5, size=500)
+    result = evaluation.finish("regression", evaluation.partials("regression", y_true, y_pred, train_mean=1e6))
+    assert result["test"]["r2"] == pytest.approx(metrics.r2_score(y_true, y_pred), abs=1e-6)

@@ -18,7 +18,6 @@ from matplotlib.figure import Figure
 from orchard.plots import (
     DOTS_PER_INCH,
     FIGURE_SIZE_INCHES,
-    PlotInputError,
     _confusion_matrix_figure,
     confusion_matrix_png,
     learning_curve_png,
@@ -196,7 +195,3 @@ def test_learning_curve_refuses_bad_curves_naming_the_problem(curves, message):
 def test_confusion_matrix_refuses_bad_input_naming_the_problem(matrix, classes, message):
     with pytest.raises(ValueError, match=message):
         confusion_matrix_png(matrix, classes, title="t")
-
-
-def test_input_errors_are_value_errors():
-    assert issubclass(PlotInputError, ValueError)

@@ -127,3 +127,22 @@ def test_an_unknown_flavor_is_refused_by_name(tmp_path):
     registry.register("odd", {"model.bin": b"x"}, {"flavor": "pytorch", "signature": SIGNATURE})
     with pytest.raises(RegistryError, match="flavor 'pytorch'"):
         Predictor.load(registry, "odd")
+
+
+def test_integer_inputs_keep_integers_and_refuse_fractions(tmp_path):
+    estimator = DecisionTreeRegressor(max_depth=2).fit([[0.0], [1.0], [2.0]], [0.0, 1.0, 2.0])
+    registry = ModelRegistry(Storage(str(tmp_path)))
+    signature = {"task": "regression", "inputs": [{"name": "n", "datatype": "INT64"}]}
+    registry.register("count", {"model.skops": sio.dumps(estimator)}, {"flavor": "sklearn", "signature": signature})
+    predictor = Predictor.load(registry, "count")
+    assert predictor.validate([{"n": 2}, {"n": 1.0}]) == [{"n": 2}, {"n": 1}]
+    with pytest.raises(InputError, match=r"instances\[0\].n must be an integer, got 1.5"):
+        predictor.predict([{"n": 1.5}])
+
+
+def test_classes_without_a_signature_list_keep_the_estimators_own_order(tmp_path):
+    estimator = DecisionTreeClassifier(random_state=0).fit([[0.0], [1.0]], [1, 3])
+    registry = ModelRegistry(Storage(str(tmp_path)))
+    signature = {"task": "classification", "inputs": [{"name": "d", "datatype": "FP64"}]}
+    registry.register("ints", {"model.skops": sio.dumps(estimator)}, {"flavor": "sklearn", "signature": signature})
+    assert [p["label"] for p in Predictor.load(registry, "ints").predict([{"d": 0.0}, {"d": 1.0}])] == ["1", "3"]

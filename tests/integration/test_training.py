@@ -102,12 +102,21 @@ def test_the_registered_classifier_tells_red_apples_from_oranges(trained_models)
     assert [p["label"] for p in predictor.predict([red_apple, orange, green_apple])] == ["apple", "orange", "apple"]
 
 
-def test_one_task_at_a_time_gives_the_same_model(own_storage, trained_models):
-    first = train_model(own_storage, "fruit_classifier")
+def _overlaps(search: list[dict]) -> int:
+    """How many pairs of candidate tasks ran at the same time."""
+    spans = sorted(entry["ran"] for entry in search)
+    return sum(1 for i, (_, end) in enumerate(spans) for start, _ in spans[i + 1:] if start < end)
+
+
+def test_workers_caps_the_candidate_tasks_running_at_once_and_the_model_stays_the_same(own_storage):
+    registry = ModelRegistry(own_storage)
+    parallel = train_model(own_storage, "fruit_classifier")
     one_at_a_time = train_model(own_storage, "fruit_classifier", workers=1)
-    assert one_at_a_time["version"] == first["version"] + 1
-    assert one_at_a_time["hyperparameters"] == first["hyperparameters"]
-    assert one_at_a_time["metrics"] == first["metrics"]
+    assert one_at_a_time["version"] == parallel["version"] + 1
+    assert one_at_a_time["hyperparameters"] == parallel["hyperparameters"]
+    assert one_at_a_time["metrics"] == parallel["metrics"]
+    assert _overlaps(registry.get("fruit_classifier", one_at_a_time["version"]).card["search"]) == 0
+    assert _overlaps(registry.get("fruit_classifier", parallel["version"]).card["search"]) > 0  # 2 CPUs, 8 tasks
 
 
 def test_a_model_below_its_baseline_is_refused_unless_forced(own_storage, monkeypatch):
@@ -141,15 +150,16 @@ def test_the_cli_trains_both_scikit_learn_models_and_names_the_dataset(own_stora
         assert registry.aliases(document["model"])["staging"] == document["version"]
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["train", "pear_classifier"], "no model named 'pear_classifier'"),
-    (["train", "fruit_classifier", "--gpu"], "--gpu and --epochs apply to networks only"),
-    (["train", "fruit_classifier", "--dataset", "fruit_classification:9"], "no training dataset version 9"),
-    (["train", "fruit_classifier", "--dataset", "fruit_classification:x"], "dataset version must be a positive integer"),
+@pytest.mark.parametrize("arguments, exit_code, message", [
+    (["train", "pear_classifier"], 2, "no model named 'pear_classifier'"),
+    (["train", "fruit_classifier", "--gpu"], 2, "--gpu and --epochs apply to networks only"),
+    (["train", "fruit_classifier", "--dataset", "fruit_classification:x"], 2,
+     "dataset version must be a positive integer"),
+    (["train", "fruit_classifier", "--dataset", "fruit_classification:9"], 1, "no training dataset version 9"),
 ])
-def test_the_cli_refuses_bad_requests_by_name(own_storage, arguments, message):
+def test_the_cli_refuses_bad_requests_by_name(own_storage, arguments, exit_code, message):
     result = CliRunner().invoke(app, ["--storage", own_storage.root_uri, *arguments])
-    assert result.exit_code == 2
+    assert result.exit_code == exit_code
     assert message in _text(result)
 
 
