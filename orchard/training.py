@@ -231,14 +231,16 @@ def train_sklearn(spec: SklearnSpec, data: PreparedData, *, workers: int | None 
     fit = ray.remote(num_cpus=1, max_retries=1)(_fit_candidate)
     candidates = spec.candidates()
     limit = workers or len(candidates)
-    index_of, results = {}, {}
+    index_of, results, most_in_flight = {}, {}, 0
     try:
         for index, params in enumerate(candidates):
+            most_in_flight = max(most_in_flight, len(index_of) - len(results))
             if len(index_of) - len(results) >= limit:
                 running = [ref for ref in index_of if index_of[ref] not in results]
                 (done,), _ = ray.wait(running, num_returns=1)
                 results[index_of[done]] = ray.get(done)
             index_of[fit.remote(spec, params, arrays["train"], arrays["validation"])] = index
+        most_in_flight = max(most_in_flight, len(index_of) - len(results))
         for ref, index in index_of.items():
             if index not in results:
                 results[index] = ray.get(ref)
@@ -263,6 +265,7 @@ def train_sklearn(spec: SklearnSpec, data: PreparedData, *, workers: int | None 
         "sums": evaluated["sums"],
         "hyperparameters": chosen["params"],
         "search": [{key: c[key] for key in ("params", "validation", "seconds", "ran")} for c in searched],
+        "search_tasks": {"candidates": len(candidates), "limit": limit, "most_in_flight": most_in_flight},
         "learning_curve": {"x": "training rows", "metric": metric, "points": evaluated["curve"]},
         "learning_curve_png": curve_png,
     }
@@ -412,7 +415,7 @@ def train_model(
         "lineage": lineage,
     }
     if "search" in trained:
-        card["search"] = trained["search"]
+        card["search"], card["search_tasks"] = trained["search"], trained["search_tasks"]
     registry = ModelRegistry(storage)
     version = registry.register(spec.name, files, card)
     if alias:
