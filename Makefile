@@ -25,6 +25,7 @@ test: install
 bench: install
 	$(BIN)/python -m bench.bench_weekly_vacancy $(BENCH_ARGS)
 	$(BIN)/python -m bench.bench_pit_join $(BENCH_ARGS_PIT)
+	$(BIN)/python -m bench.bench_serve $(BENCH_ARGS_SERVE)
 
 clean:
 	rm -rf $(VENV) orchard-data .pytest_cache

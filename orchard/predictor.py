@@ -71,21 +71,7 @@ class Predictor:
 
     def validate(self, instances: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Each instance checked against the signature's inputs, as a dict in signature order."""
-        fields = [(item["name"], item.get("datatype", "FP64")) for item in self.signature["inputs"]]
-        expected = {name for name, _ in fields}
-        rows = []
-        for row_number, instance in enumerate(instances):
-            where = f"instances[{row_number}]"
-            if not isinstance(instance, Mapping):
-                raise InputError(f"{where} must be an object of feature values")
-            missing = [name for name, _ in fields if name not in instance]
-            if missing:
-                raise InputError(f"{where}: missing feature(s) {', '.join(missing)}")
-            unknown = sorted(set(instance) - expected)
-            if unknown:
-                raise InputError(f"{where}: unknown feature(s) {', '.join(map(str, unknown))}")
-            rows.append({name: _checked(instance[name], datatype, f"{where}.{name}") for name, datatype in fields})
-        return rows
+        return validate_instances(self.signature, instances)
 
     def matrix(self, instances: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Raw instances -> the model's float matrix (validated, then transformed), or InputError."""
@@ -143,6 +129,25 @@ class Predictor:
         probabilities = np.zeros((len(features), len(classes)))
         probabilities[:, known] = self.estimator.predict_proba(features)
         return probabilities
+
+
+def validate_instances(signature: Mapping[str, Any], instances: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Each instance checked against a signature's inputs (names, types, finite numbers), in signature order."""
+    fields = [(item["name"], item.get("datatype", "FP64")) for item in signature["inputs"]]
+    expected = {name for name, _ in fields}
+    rows = []
+    for row_number, instance in enumerate(instances):
+        where = f"instances[{row_number}]"
+        if not isinstance(instance, Mapping):
+            raise InputError(f"{where} must be an object of feature values")
+        missing = [name for name, _ in fields if name not in instance]
+        if missing:
+            raise InputError(f"{where}: missing feature(s) {', '.join(missing)}")
+        unknown = sorted(set(instance) - expected)
+        if unknown:
+            raise InputError(f"{where}: unknown feature(s) {', '.join(map(str, unknown))}")
+        rows.append({name: _checked(instance[name], datatype, f"{where}.{name}") for name, datatype in fields})
+    return rows
 
 
 def _label_and_probabilities(probabilities: np.ndarray, classes: list[str]) -> list[dict]:

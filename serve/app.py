@@ -1,40 +1,56 @@
-"""One Ray Serve application with a FastAPI ingress over the model registry.
+"""One Ray Serve application over the model registry: a FastAPI ingress and a multiplexed model server.
 
-Run it with ``orchard serve``, or ``serve run serve/config.yaml``. Nothing is
-started at import time: `build_app` returns the application to deploy.
+Run it with ``orchard serve``, ``serve run serve/config.yaml``, or deploy it with
+``serve deploy serve/config.yaml``. Nothing is started at import time:
+`build_app` returns the application.
+
+- `Ingress` (FastAPI) answers both protocols: simple JSON under ``/v1`` and the
+  Open Inference Protocol (KServe V2 REST) under ``/v2``. It resolves a request
+  to one model version (an exact version, or the `production` alias, or a canary
+  split between aliases), validates the raw inputs against that version's
+  signature, and forwards them to the model server with the version as the
+  multiplexed model id. Alias lookups are cached for `alias_ttl_s` seconds, so a
+  promotion takes effect within that time without a redeploy; versions are
+  immutable, so their cards are cached for good.
+- `ModelServer` loads versions on demand (`@serve.multiplexed`, at most
+  `max_models_per_replica` per replica, least recently used evicted) and
+  predicts, through `@serve.batch` for networks, whose cost is per call.
+
+Every answer names the version that gave it. Every prediction is logged to
+`<storage>/predictions/` off the request path, and Prometheus metrics count
+requests, errors and latency per model and version.
 """
 
 
-import collections
+import asyncio
 import logging
-import threading
-from typing import Any, Callable, Optional, Union
+import random
+import time
+import uuid
+from typing import Any, Optional
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchard.config import OrchardConfig, normalize_storage_uri
-from orchard.predictor import InputError, Predictor
+from orchard.predictor import InputError, Predictor, validate_instances
 from orchard.registry import ModelRegistry, RegistryError
 from orchard.storage import Storage
+from serve import protocol
 
 log = logging.getLogger(__name__)
 
 MAX_INSTANCES = 1000
+MAX_BODY_BYTES = 1_000_000
+ALIAS_TTL_S = 2.0
+DEFAULT_ALIAS = "production"
 
-api = FastAPI(title="Orchard prediction service", version="1")
-
-
-@api.exception_handler(InputError)
-async def _input_error(_request, error: InputError):
-    return JSONResponse(status_code=422, content={"error": str(error)})
-
-
-@api.exception_handler(RegistryError)
-async def _registry_error(_request, error: RegistryError):
-    return JSONResponse(status_code=404, content={"error": str(error)})
+api = FastAPI(title="Orchard prediction service", version="1",
+              description="Versioned classifiers and regressors from the Orchard model registry.")
 
 
 class PredictRequest(BaseModel):
@@ -47,61 +63,219 @@ class PredictResponse(BaseModel):
     version: int
 
 
-class PredictorCache:
-    """The most recently used predictors, at most `capacity` of them."""
-
-    def __init__(self, load: Callable[[str, int], Predictor], capacity: int):
-        self._load, self._capacity = load, capacity
-        self._items: collections.OrderedDict[tuple[str, int], Predictor] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, name: str, version: int) -> Predictor:
-        key = (name, version)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        predictor = self._load(name, version)
-        with self._lock:
-            self._items[key] = predictor
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
-        return predictor
+class InferRequest(BaseModel):
+    id: Optional[str] = None
+    inputs: list[dict[str, Any]] = Field(min_length=1)
+    parameters: Optional[dict[str, Any]] = None
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5})
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+@api.exception_handler(InputError)
+async def _input_error(_request, error: InputError):
+    return _error(422, str(error))
+
+
+@api.exception_handler(RegistryError)
+async def _registry_error(_request, error: RegistryError):
+    return _error(404, str(error))
+
+
+@api.exception_handler(RequestValidationError)
+async def _request_validation_error(_request, error: RequestValidationError):
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
+        problems.append(f"{where}: {item.get('msg', 'is invalid')}")
+    return _error(422, "; ".join(problems) or "the request body is invalid")
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request, error: StarletteHTTPException):
+    return _error(error.status_code, str(error.detail))
+
+
+@api.middleware("http")
+async def _limit_body_size(request: Request, call_next):
+    """Refuse bodies over MAX_BODY_BYTES with 413, by their declared length and by what actually arrives."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        return _error(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    if declared is None and request.method in ("POST", "PUT"):
+        body = await request.body()  # chunked: read it (Starlette caches it for the endpoint) and measure
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    return await call_next(request)
+
+
+# The helpers the deployments call are defined above them on purpose: Serve serializes the ingress class when
+# `serve.ingress` wraps it, and a module-level name defined further down is then missing in the replica.
+
+
+def check_canary(canary: Any) -> dict[str, dict[str, float]]:
+    """{model: {alias: share}}: shares in (0, 1] summing to at most 1; the rest goes to `production`."""
+    if not isinstance(canary, dict):
+        raise ValueError(f"canary must map model names to {{alias: share}}, got {canary!r}")
+    checked = {}
+    for model, split in canary.items():
+        if not isinstance(split, dict) or not split:
+            raise ValueError(f"canary of {model!r} must map aliases to shares, got {split!r}")
+        shares = {}
+        for alias, share in split.items():
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+                raise ValueError(f"canary share of {model}@{alias} must be in (0, 1], got {share!r}")
+            shares[str(alias)] = float(share)
+        if sum(shares.values()) > 1 + 1e-9:
+            raise ValueError(f"canary shares of {model!r} add up to {sum(shares.values())}, more than 1")
+        checked[str(model)] = shares
+    return checked
+
+
+def _metrics():
+    from ray.serve import metrics
+
+    tags = ("model", "version", "protocol")
+    return {
+        "requests": metrics.Counter("orchard_predict_requests", "Prediction requests answered.", tag_keys=tags),
+        "instances": metrics.Counter("orchard_predict_instances", "Instances predicted.", tag_keys=tags),
+        "errors": metrics.Counter("orchard_predict_errors", "Prediction requests refused or failed.",
+                                  tag_keys=("model", "protocol", "status")),
+        "latency": metrics.Histogram("orchard_predict_latency_ms", "Prediction latency in milliseconds.",
+                                     boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000], tag_keys=tags),
+    }
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class ModelServer:
+    """Loads model versions on demand and predicts; the multiplexed model id is `name:version`."""
+
+    def __init__(self, storage_uri: str, max_models_per_replica: int = 4):
+        registry = ModelRegistry(Storage(storage_uri))
+
+        async def load(model_id: str) -> Predictor:
+            name, _, version = model_id.rpartition(":")
+            # Loading reads and checks files and may import TensorFlow: off the event loop.
+            return await asyncio.get_running_loop().run_in_executor(None, Predictor.load, registry, name, int(version))
+
+        # A function, not a bound method: the bound limit comes from the application's arguments.
+        self.get_model = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(load)
+
+    async def predict(self, instances: list[dict]) -> list:
+        predictor = await self.get_model(serve.get_multiplexed_model_id())
+        if predictor.model.flavor == "keras":
+            return await self._predict_batched(instances)
+        return predictor.predict(instances)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _predict_batched(self, requests: list[list[dict]]) -> list[list]:
+        """Several requests for one network in one call (Serve batches by multiplexed model id)."""
+        predictor = await self.get_model(serve.get_multiplexed_model_id())
+        predictions = predictor.predict([instance for instances in requests for instance in instances])
+        answers, start = [], 0
+        for instances in requests:
+            answers.append(predictions[start:start + len(instances)])
+            start += len(instances)
+        return answers
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
 @serve.ingress(api)
-class PredictionService:
-    def __init__(self, storage_uri: str, max_models_per_replica: int = 8):
-        self._registry = ModelRegistry(Storage(storage_uri))
-        self._predictors = PredictorCache(
-            lambda name, version: Predictor.load(self._registry, name, version), max_models_per_replica
-        )
+class Ingress:
+    def __init__(self, model_server, storage_uri: str, canary: dict | None = None,
+                 alias_ttl_s: float = ALIAS_TTL_S, log_predictions: bool = True):
+        from serve.prediction_log import PredictionLog
 
-    def _predict(self, name: str, reference: Optional[Union[int, str]], request: PredictRequest) -> PredictResponse:
-        version = self._registry.resolve(name, reference)
-        predictor = self._predictors.get(name, version)
-        return PredictResponse(predictions=predictor.predict(request.instances), model=name, version=version)
+        self._server = model_server
+        self._storage = Storage(storage_uri)
+        self._registry = ModelRegistry(self._storage)
+        self._canary = check_canary(canary or {})
+        self._alias_ttl_s = alias_ttl_s
+        self._aliases: dict[str, tuple[float, dict[str, int]]] = {}
+        self._cards: dict[tuple[str, int], dict] = {}
+        self._metrics = _metrics()
+        self._log = PredictionLog(self._storage.path("predictions")) if log_predictions and self._storage.is_local \
+            else None
 
+    def __del__(self):
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+
+    # -- resolving a request to one version
+    def _aliases_of(self, name: str) -> dict[str, int]:
+        now = time.monotonic()
+        cached = self._aliases.get(name)
+        if cached is None or now - cached[0] > self._alias_ttl_s:
+            if not self._registry.versions(name):
+                raise RegistryError(f"no model named {name!r} is registered")
+            cached = (now, self._registry.aliases(name))
+            self._aliases[name] = cached
+        return cached[1]
+
+    def _card(self, name: str, version: int) -> dict:
+        key = (name, version)
+        if key not in self._cards:  # versions are immutable: a card, once read, stays true
+            self._cards[key] = self._registry.get(name, version).card
+        return self._cards[key]
+
+    def _choose(self, name: str, version: int | None) -> int:
+        if version is not None:
+            self._card(name, version)  # a 404 naming the version if it does not exist
+            return version
+        aliases = self._aliases_of(name)
+        split = self._canary.get(name)
+        if split:
+            draw, total = random.random(), 0.0
+            for alias, share in split.items():
+                total += share
+                if draw < total and alias in aliases:
+                    return aliases[alias]
+        if DEFAULT_ALIAS in aliases:
+            return aliases[DEFAULT_ALIAS]
+        return max(self._registry.versions(name))
+
+    async def _predict(self, name: str, version: int, instances: list[dict], protocol_name: str):
+        started = time.perf_counter()
+        card = self._card(name, version)
+        tags = {"model": name, "version": str(version), "protocol": protocol_name}
+        try:
+            validated = validate_instances(card["signature"], instances)
+            predictions = await self._server.options(multiplexed_model_id=f"{name}:{version}").predict.remote(validated)
+        except InputError:
+            self._metrics["errors"].inc(tags={"model": name, "protocol": protocol_name, "status": "422"})
+            raise
+        # Serve gives every request an id (the client's x-request-id if it sent one) and answers with it.
+        request_id = serve.context._get_serve_request_context().request_id or uuid.uuid4().hex
+        self._metrics["requests"].inc(tags=tags)
+        self._metrics["instances"].inc(len(validated), tags=tags)
+        self._metrics["latency"].observe((time.perf_counter() - started) * 1000, tags=tags)
+        if self._log is not None:
+            self._log.record(name, version, request_id, validated, predictions)
+        return predictions, request_id
+
+    # -- simple JSON
     @api.post("/v1/models/{name}:predict", response_model=PredictResponse)
-    def predict(self, name: str, request: PredictRequest) -> PredictResponse:
-        """Predict with the model's `production` version (its latest when no alias is set)."""
-        return self._predict(name, None, request)
+    async def predict(self, name: str, body: PredictRequest):
+        """Predict with the `production` version (or the canary split configured for the model)."""
+        version = self._choose(name, None)
+        predictions, _ = await self._predict(name, version, body.instances, "v1")
+        return PredictResponse(predictions=predictions, model=name, version=version)
 
     @api.post("/v1/models/{name}/versions/{version}:predict", response_model=PredictResponse)
-    def predict_version(self, name: str, version: int, request: PredictRequest) -> PredictResponse:
+    async def predict_version(self, name: str, version: int, body: PredictRequest):
         """Predict with one exact version."""
-        return self._predict(name, version, request)
+        version = self._choose(name, version)
+        predictions, _ = await self._predict(name, version, body.instances, "v1")
+        return PredictResponse(predictions=predictions, model=name, version=version)
 
     @api.get("/v1/models")
     def list_models(self) -> dict:
-        return {
-            "models": [
-                {"name": name, "versions": self._registry.versions(name), "aliases": self._registry.aliases(name)}
-                for name in self._registry.models()
-            ]
-        }
+        """Registered models, their versions and aliases."""
+        return {"models": [{"name": name, "versions": self._registry.versions(name),
+                            "aliases": self._registry.aliases(name)} for name in self._registry.models()]}
 
+    # -- Open Inference Protocol (KServe V2)
     @api.get("/v2/health/live")
     def live(self) -> dict:
         return {"live": True}
@@ -110,17 +284,61 @@ class PredictionService:
     def ready(self) -> dict:
         return {"ready": True}
 
+    @api.get("/v2/models/{name}")
+    def model_metadata(self, name: str) -> dict:
+        version = self._choose(name, None)
+        return protocol.model_metadata(name, self._registry.versions(name), self._card(name, version))
 
-def build_app(args: dict[str, str]) -> serve.Application:
-    """Application builder for ``serve run serve.app:build_app storage=...``."""
+    @api.get("/v2/models/{name}/versions/{version}")
+    def version_metadata(self, name: str, version: int) -> dict:
+        return protocol.model_metadata(name, [version], self._card(name, self._choose(name, version)))
+
+    @api.get("/v2/models/{name}/ready")
+    def model_ready(self, name: str) -> dict:
+        return {"name": name, "ready": bool(self._choose(name, None))}
+
+    @api.get("/v2/models/{name}/versions/{version}/ready")
+    def version_ready(self, name: str, version: int) -> dict:
+        return {"name": name, "version": str(self._choose(name, version)), "ready": True}
+
+    @api.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, body: InferRequest):
+        return await self._infer(name, self._choose(name, None), body)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_version(self, name: str, version: int, body: InferRequest):
+        return await self._infer(name, self._choose(name, version), body)
+
+    async def _infer(self, name: str, version: int, body: InferRequest):
+        signature = self._card(name, version)["signature"]
+        instances = protocol.instances_from_tensors(signature, body.inputs, MAX_INSTANCES)
+        predictions, request_id = await self._predict(name, version, instances, "v2")
+        answer = {"model_name": name, "model_version": str(version), "id": body.id or request_id,
+                  "outputs": protocol.output_tensors(signature, predictions)}
+        return answer
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder for ``serve run serve.app:build_app storage=...`` and serve/config.yaml.
+
+    Arguments: `storage` (required), `max_models_per_replica` (default 4), `canary`
+    ({model: {alias: share}}), `alias_ttl_s` (default 2), `log_predictions` (default true),
+    `replica_cpus` (CPUs of each replica of either deployment, default 0.5).
+    """
     if not args.get("storage"):
         raise ValueError("the application needs the argument 'storage' (the storage root URI)")
     storage = normalize_storage_uri(str(args["storage"]))
-    return PredictionService.bind(storage, int(args.get("max_models_per_replica", 8)))
+    actor_options = {"num_cpus": float(args.get("replica_cpus", 0.5))}
+    server = ModelServer.options(ray_actor_options=actor_options).bind(
+        storage, int(args.get("max_models_per_replica", 4)))
+    canary = check_canary(args.get("canary") or {})
+    return Ingress.options(ray_actor_options=actor_options).bind(
+        server, storage, canary, float(args.get("alias_ttl_s", ALIAS_TTL_S)),
+        str(args.get("log_predictions", True)).lower() not in ("false", "0", "no"))
 
 
-def deploy(config: OrchardConfig, *, name: str = "orchard") -> str:
+def deploy(config: OrchardConfig, *, name: str = "orchard", route_prefix: str = "/", **args: Any) -> str:
     """Start Serve's HTTP proxy on the configured port, deploy the app, return its URL."""
     serve.start(http_options={"host": config.serve_host, "port": config.serve_port})
-    serve.run(build_app({"storage": config.storage}), name=name, route_prefix="/", blocking=False)
-    return config.serve_url()
+    serve.run(build_app({"storage": config.storage, **args}), name=name, route_prefix=route_prefix, blocking=False)
+    return config.serve_url() + route_prefix.rstrip("/")

@@ -97,7 +97,8 @@ def serve_url(trained_models, session_config):
 
     from serve.app import deploy
 
-    url = deploy(session_config)
+    # No CPUs reserved: the app stays up all session, and training (Ray Train, Ray Data) needs whole CPUs.
+    url = deploy(session_config, replica_cpus=0)
     yield url
     serve.shutdown()
 

@@ -1,0 +1,101 @@
+"""An append-only log of every prediction, written off the request's critical path.
+
+A request only puts its record on an in-memory queue; one background thread per
+process appends the records as JSON Lines to
+`<storage>/predictions/<model>/<YYYY-MM-DD>/<writer>.jsonl`, where `<writer>` is
+unique to the process, so writers never share a file. Files only grow: nothing
+is rewritten, and monitoring jobs read them as they are. The thread writes at
+least every `flush_seconds`, and `close()` writes what is left.
+
+When the queue is full (the disk cannot keep up), records are counted as
+dropped rather than slowing requests down; the count is logged and exposed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class PredictionLog:
+    def __init__(self, root: str, *, flush_seconds: float = 1.0, capacity: int = 100_000):
+        self.root = root
+        self.writer = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.dropped = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._flush_seconds = flush_seconds
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def record(self, model: str, version: int, request_id: str, inputs: list, outputs: list) -> None:
+        """Queue one request's predictions (never blocks)."""
+        entry = {"time": datetime.now(timezone.utc).isoformat(), "model": model, "version": version,
+                 "request_id": request_id, "inputs": inputs, "outputs": outputs}
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.warning("prediction log queue full: %d record(s) dropped so far", self.dropped)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._closed.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._closed.wait(self._flush_seconds)
+            self._write_pending()
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        batches: dict[str, list[str]] = {}
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            path = os.path.join(self.root, entry["model"], entry["time"][:10], f"{self.writer}.jsonl")
+            try:
+                batches.setdefault(path, []).append(json.dumps(entry, allow_nan=False, default=str))
+            except ValueError:  # a non-finite output is logged as null, not as invalid JSON
+                batches.setdefault(path, []).append(json.dumps(_finite(entry), allow_nan=False, default=str))
+        for path, lines in batches.items():
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write("\n".join(lines) + "\n")
+            except OSError as error:  # the service keeps answering; the loss is logged and counted
+                self.dropped += len(lines)
+                log.error("could not append %d prediction(s) to %s: %s", len(lines), path, error)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def read_predictions(root: str, model: str) -> list[dict[str, Any]]:
+    """Every logged prediction of `model`, oldest file first (for monitoring jobs and tests)."""
+    folder = os.path.join(root, model)
+    records = []
+    for day in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        for name in sorted(os.listdir(os.path.join(folder, day))):
+            with open(os.path.join(folder, day, name), encoding="utf-8") as handle:
+                records.extend(json.loads(line) for line in handle if line.strip())
+    return records

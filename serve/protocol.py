@@ -1,0 +1,106 @@
+"""The Open Inference Protocol (KServe V2 REST) in terms of Orchard's model signatures.
+
+A V2 request carries one tensor per input (`name`, `shape`, `datatype`,
+row-major `data`); Orchard's models take rows of named raw feature values. These
+functions convert between the two and describe a model version as V2 metadata.
+They only reshape: the values are validated by `orchard.predictor`, the same
+as for the simple JSON endpoint, so both protocols refuse the same inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from orchard.predictor import InputError
+
+# The V2 datatypes a request may use for each signature datatype.
+ACCEPTED_DATATYPES = {
+    "FP64": {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"},
+    "INT64": {"INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"},
+    "BYTES": {"BYTES"},
+    "BOOL": {"BOOL"},
+}
+PLATFORMS = {"sklearn": "scikit-learn_skops", "keras": "tensorflow_keras"}
+
+
+def instances_from_tensors(signature: Mapping[str, Any], inputs: Any, max_instances: int) -> list[dict]:
+    """V2 `inputs` (one tensor of shape [N] or [N, 1] per feature) -> N rows of feature values."""
+    if not isinstance(inputs, list) or not inputs:
+        raise InputError("'inputs' must be a non-empty list of tensors")
+    expected = {item["name"]: item.get("datatype", "FP64") for item in signature["inputs"]}
+    columns: dict[str, list] = {}
+    rows = None
+    for position, tensor in enumerate(inputs):
+        where = f"inputs[{position}]"
+        if not isinstance(tensor, Mapping):
+            raise InputError(f"{where} must be an object with name, shape, datatype and data")
+        missing = [key for key in ("name", "shape", "datatype", "data") if key not in tensor]
+        if missing:
+            raise InputError(f"{where} lacks {', '.join(missing)}")
+        name, shape, datatype, data = tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
+        where = f"input {name!r}"
+        if name not in expected:
+            raise InputError(f"{where} is not an input of the model; its inputs are {', '.join(expected)}")
+        if name in columns:
+            raise InputError(f"{where} is given twice")
+        if datatype not in ACCEPTED_DATATYPES[expected[name]]:
+            raise InputError(f"{where} has datatype {datatype!r}; the model takes {expected[name]}")
+        if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+                or (len(shape) == 2 and shape[1] != 1)):
+            raise InputError(f"{where} must have shape [N] or [N, 1], got {shape!r}")
+        if rows is not None and shape[0] != rows:
+            raise InputError(f"{where} has {shape[0]} rows, other inputs have {rows}")
+        rows = shape[0]
+        if rows > max_instances:
+            raise InputError(f"{where} has {rows} rows; at most {max_instances} per request")
+        flat = _flatten(data, where)
+        if len(flat) != rows:
+            raise InputError(f"{where} has {len(flat)} values for shape {shape}")
+        columns[name] = flat
+    absent = [name for name in expected if name not in columns]
+    if absent:
+        raise InputError(f"missing input(s) {', '.join(absent)}")
+    if not rows:
+        raise InputError("the inputs hold no rows")
+    return [{name: columns[name][row] for name in expected} for row in range(rows)]
+
+
+def _flatten(data: Any, where: str) -> list:
+    if not isinstance(data, list):
+        raise InputError(f"{where} 'data' must be a list")
+    flat: list = []
+    for value in data:
+        if isinstance(value, list):  # nested row-major data ([[v], [v]]) is accepted as well as flat
+            flat.extend(_flatten(value, where))
+        else:
+            flat.append(value)
+    return flat
+
+
+def output_tensors(signature: Mapping[str, Any], predictions: Sequence[Any]) -> list[dict]:
+    """Predictions of `orchard.predictor.Predictor.predict` as V2 output tensors."""
+    rows = len(predictions)
+    if signature["task"] == "classification":
+        classes = list(signature["classes"])
+        probabilities = [p["probabilities"][c] for p in predictions for c in classes]
+        return [{"name": "label", "datatype": "BYTES", "shape": [rows], "data": [p["label"] for p in predictions]},
+                {"name": "probabilities", "datatype": "FP64", "shape": [rows, len(classes)], "data": probabilities}]
+    name = signature["outputs"][0]["name"] if signature.get("outputs") else "prediction"
+    return [{"name": name, "datatype": "FP64", "shape": [rows], "data": list(predictions)}]
+
+
+def model_metadata(name: str, versions: Sequence[int], card: Mapping[str, Any]) -> dict:
+    """V2 model metadata: name, versions, platform, inputs and outputs with datatypes and shapes."""
+    signature = card["signature"]
+    outputs = signature.get("outputs") or ([{"name": "label", "datatype": "BYTES", "shape": [-1]}]
+                                           if signature["task"] == "classification"
+                                           else [{"name": "prediction", "datatype": "FP64", "shape": [-1]}])
+    return {
+        "name": name,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORMS.get(card.get("flavor"), str(card.get("flavor"))),
+        "inputs": [{"name": i["name"], "datatype": i.get("datatype", "FP64"), "shape": [-1]}
+                   for i in signature["inputs"]],
+        "outputs": [{"name": o["name"], "datatype": o["datatype"], "shape": list(o["shape"])} for o in outputs],
+    }

@@ -1,0 +1,221 @@
+"""Versions over real HTTP: exact versions, alias promotion during traffic, a canary split, the prediction log,
+and a model-server replica killed under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from orchard.registry import ModelRegistry
+from orchard.storage import Storage
+from orchard.training import train_model
+from serve.prediction_log import read_predictions
+from tests.conftest import prepare_domains
+from tests.integration.test_serve import _instances
+
+pytestmark = [pytest.mark.ray, pytest.mark.serve]
+
+CANARY_SHARE = 0.3
+ALIAS_TTL_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster, serve_url, session_config, tmp_path_factory):
+    """A second application on the session's Serve, over a storage root with two versions of each tree."""
+    from ray import serve
+
+    from serve.app import deploy
+
+    storage = Storage(str(tmp_path_factory.mktemp("serve-versions")))
+    prepare_domains(storage, fruit_rows=600, surf_rows=300)
+    registry = ModelRegistry(storage)
+    for name in ("fruit_classifier", "surf_regressor"):
+        for _ in range(2):
+            train_model(storage, name)
+        registry.promote(name, 1, "production")
+        registry.promote(name, 2, "staging")
+    # A network too, for the batched path (two epochs: this tests serving, not the network's quality).
+    train_model(storage, "fruit_dnn_classifier", epochs=2, force=True, alias="production")
+    config = session_config.with_overrides(storage=storage.root_uri)
+    url = deploy(config, name="versions", route_prefix="/versions", replica_cpus=0, alias_ttl_s=ALIAS_TTL_S,
+                 canary={"fruit_classifier": {"staging": CANARY_SHARE}})
+    yield url, storage
+    serve.delete("versions")
+
+
+def _post(client, url, instances):
+    return client.post(url, json={"instances": instances}, timeout=30)
+
+
+def test_each_exact_version_answers_as_itself(app):
+    url, storage = app
+    instances = _instances(storage, "surf_regressor", count=2)
+    with httpx.Client() as client:
+        for version in (1, 2):
+            body = _post(client, f"{url}/v1/models/surf_regressor/versions/{version}:predict", instances).json()
+            assert body["version"] == version
+
+
+def test_the_canary_split_sends_its_share_to_staging(app):
+    url, storage = app
+    instances = _instances(storage, "fruit_classifier", count=1)
+    requests = 400
+    with httpx.Client() as client:
+        versions = Counter(_post(client, f"{url}/v1/models/fruit_classifier:predict", instances).json()["version"]
+                           for _ in range(requests))
+    assert set(versions) == {1, 2}
+    expected, spread = requests * CANARY_SHARE, (requests * CANARY_SHARE * (1 - CANARY_SHARE)) ** 0.5
+    assert abs(versions[2] - expected) < 4.5 * spread, versions  # fails by chance about once in 150,000 runs
+
+
+def test_promotion_takes_effect_during_traffic_without_a_failed_request(app):
+    url, storage = app
+    instances = _instances(storage, "surf_regressor", count=3)
+    answers, stop = [], threading.Event()
+
+    def traffic():
+        with httpx.Client() as client:
+            while not stop.is_set():
+                response = _post(client, f"{url}/v1/models/surf_regressor:predict", instances)
+                answers.append((time.monotonic(), response.status_code,
+                                response.json().get("version") if response.status_code == 200 else response.text))
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        promoted_at = time.monotonic()
+        ModelRegistry(storage).promote("surf_regressor", 2, "production")
+        deadline = promoted_at + 10
+        while time.monotonic() < deadline and not any(v == 2 and t > promoted_at for t, _, v in answers):
+            time.sleep(0.1)
+        time.sleep(ALIAS_TTL_S + 0.5)
+    finally:
+        stop.set()
+        thread.join(30)
+        ModelRegistry(storage).promote("surf_regressor", 1, "production")
+    assert [a for a in answers if a[1] != 200] == []
+    switched = min(t for t, _, v in answers if v == 2)
+    assert switched - promoted_at < 10
+    assert {v for t, _, v in answers if t < promoted_at} == {1}
+    assert {v for t, _, v in answers if t > switched + ALIAS_TTL_S} == {2}
+
+
+def test_every_prediction_is_logged_with_its_version_and_request_id(app):
+    url, storage = app
+    instances = _instances(storage, "fruit_classifier", count=2)
+    with httpx.Client() as client:
+        response = client.post(f"{url}/v1/models/fruit_classifier/versions/2:predict", json={"instances": instances},
+                               headers={"x-request-id": "logged-request-1"}, timeout=30)
+    assert response.status_code == 200
+    deadline, records = time.monotonic() + 10, []
+    while time.monotonic() < deadline and not records:
+        records = [r for r in read_predictions(storage.path("predictions"), "fruit_classifier")
+                   if r["request_id"] == "logged-request-1"]
+        time.sleep(0.2)
+    assert len(records) == 1, "the prediction was not logged within 10 s"
+    record = records[0]
+    assert (record["model"], record["version"]) == ("fruit_classifier", 2)
+    assert record["inputs"] == instances and record["outputs"] == response.json()["predictions"]
+    assert record["time"].endswith("+00:00")
+
+
+def test_a_killed_model_server_replica_is_replaced_and_the_service_recovers(app):
+    import ray
+
+    url, storage = app
+    instances = _instances(storage, "surf_regressor", count=1)
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::versions#ModelServer#")]
+    assert len(replicas) == 1, replicas
+    answers, stop = [], threading.Event()
+
+    def traffic():
+        with httpx.Client() as client:
+            while not stop.is_set():
+                try:
+                    code = _post(client, f"{url}/v1/models/surf_regressor:predict", instances).status_code
+                except httpx.HTTPError as error:
+                    code = type(error).__name__
+                answers.append((time.monotonic(), code))
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+        deadline = killed_at + 60
+        while time.monotonic() < deadline and not _recovered(answers, killed_at):
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert _recovered(answers, killed_at), Counter(code for _, code in answers)
+    assert all(code == 200 for t, code in answers if t < killed_at)
+    new = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+           if a["name"].startswith("SERVE_REPLICA::versions#ModelServer#")]
+    assert new and new != [replicas[0]["name"]]
+
+
+def _recovered(answers, since: float, streak: int = 20) -> bool:
+    """The last `streak` answers after `since` all succeeded."""
+    after = [code for t, code in answers if t > since]
+    return len(after) >= streak and all(code == 200 for code in after[-streak:])
+
+
+def _metric_lines(name: str) -> list[str]:
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return [line for line in text.splitlines() if line.startswith(name) and 'application="versions"' in line]
+
+
+def test_prometheus_counts_requests_per_model_and_version_and_errors_by_status(app):
+    url, storage = app
+    instances = _instances(storage, "surf_regressor", count=1)
+    with httpx.Client() as client:
+        for _ in range(3):
+            assert _post(client, f"{url}/v1/models/surf_regressor/versions/2:predict", instances).status_code == 200
+        bad = _post(client, f"{url}/v1/models/surf_regressor/versions/2:predict", [{"bottom": "sand"}])
+        assert bad.status_code == 422
+    deadline, requests, errors = time.monotonic() + 30, [], []
+    while time.monotonic() < deadline and not (requests and errors):
+        time.sleep(1)  # Ray exports metrics every few seconds
+        requests = [line for line in _metric_lines("ray_orchard_predict_requests_total")
+                    if 'model="surf_regressor"' in line and 'version="2"' in line and 'protocol="v1"' in line]
+        errors = [line for line in _metric_lines("ray_orchard_predict_errors_total")
+                  if 'model="surf_regressor"' in line and 'status="422"' in line]
+    assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 3
+    assert errors and float(errors[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_concurrent_requests_to_a_network_are_batched_and_each_gets_its_own_answer(app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orchard.predictor import Predictor
+
+    url, storage = app
+    rows = _instances(storage, "fruit_dnn_classifier", count=32)
+    requests = [rows[i:i + 1 + i % 3] for i in range(0, 32, 2)]  # 16 requests of 1 to 3 rows, all different
+    expected = Predictor.load(ModelRegistry(storage), "fruit_dnn_classifier")
+
+    def ask(instances):
+        with httpx.Client() as client:
+            return _post(client, f"{url}/v1/models/fruit_dnn_classifier:predict", instances)
+
+    for _ in range(3):
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(ask, requests))
+        assert [r.status_code for r in responses] == [200] * len(requests)
+        for instances, response in zip(requests, responses):
+            served = response.json()["predictions"]
+            local = expected.predict(instances)
+            assert [p["label"] for p in served] == [p["label"] for p in local]
+            for mine, theirs in zip(served, local):
+                assert mine["probabilities"] == pytest.approx(theirs["probabilities"], rel=1e-5)
