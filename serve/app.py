@@ -29,7 +29,7 @@ import time
 import uuid
 from typing import Any, Optional
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -97,17 +97,53 @@ async def _http_error(_request, error: StarletteHTTPException):
     return _error(error.status_code, str(error.detail))
 
 
-@api.middleware("http")
-async def _limit_body_size(request: Request, call_next):
-    """Refuse bodies over MAX_BODY_BYTES with 413, by their declared length and by what actually arrives."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        return _error(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    if declared is None and request.method in ("POST", "PUT"):
-        body = await request.body()  # chunked: read it (Starlette caches it for the endpoint) and measure
-        if len(body) > MAX_BODY_BYTES:
-            return _error(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    return await call_next(request)
+class BodySizeLimit:
+    """Refuses bodies over `limit` bytes with 413, by their declared length or, when chunked, as they arrive.
+
+    A plain ASGI middleware: Starlette's `BaseHTTPMiddleware` (the `@app.middleware`
+    decorator) cost about 8% of the ingress replica's CPU in the serving profile.
+    """
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                return await self._refuse(scope, receive, send)
+            return await self.app(scope, receive, send)  # the server holds the body to its declared length
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        # Chunked: read it here, up to the limit (FastAPI would turn an error raised while it reads into a 400).
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._refuse(scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send):
+        await _error(413, f"the request body is larger than {self.limit} bytes")(scope, receive, send)
+
+
+api.add_middleware(BodySizeLimit)
 
 
 # The helpers the deployments call are defined above them on purpose: Serve serializes the ingress class when

@@ -93,6 +93,16 @@ def test_a_malformed_or_oversized_body_is_refused_with_an_error_document(serve_u
                       headers={"content-type": "application/json"})
     assert huge.status_code == 413 and str(MAX_BODY_BYTES) in huge.json()["error"]
 
+    def chunked():  # no Content-Length: the limit applies to the bytes as they arrive
+        yield b'{"instances": ['
+        for _ in range(MAX_BODY_BYTES // 10_000 + 1):
+            yield b" " * 10_000
+        yield b"]}"
+
+    streamed = httpx.post(f"{serve_url}/v1/models/fruit_classifier:predict", content=chunked(), timeout=30,
+                          headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and str(MAX_BODY_BYTES) in streamed.json()["error"]
+
 
 def _v2(name="red", shape=None, datatype="FP64", data=None, rows=2):
     inputs = [{"name": n, "shape": [rows], "datatype": "FP64", "data": [0.5] * rows} for n in FRUIT_INPUTS]
