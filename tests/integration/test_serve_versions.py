@@ -1,5 +1,5 @@
 """Versions over real HTTP: exact versions, alias promotion during traffic, a canary split, the prediction log,
-and a model-server replica killed under load."""
+and a replica killed under load."""
 
 from __future__ import annotations
 
@@ -124,13 +124,13 @@ def test_every_prediction_is_logged_with_its_version_and_request_id(app):
     assert record["time"].endswith("+00:00")
 
 
-def test_a_killed_model_server_replica_is_replaced_and_the_service_recovers(app):
+def test_a_killed_replica_is_replaced_and_the_service_recovers(app):
     import ray
 
     url, storage = app
     instances = _instances(storage, "surf_regressor", count=1)
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith("SERVE_REPLICA::versions#ModelServer#")]
+                if a["name"].startswith("SERVE_REPLICA::versions#PredictionService#")]
     assert len(replicas) == 1, replicas
     answers, stop = [], threading.Event()
 
@@ -158,7 +158,7 @@ def test_a_killed_model_server_replica_is_replaced_and_the_service_recovers(app)
     assert _recovered(answers, killed_at), Counter(code for _, code in answers)
     assert all(code == 200 for t, code in answers if t < killed_at)
     new = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-           if a["name"].startswith("SERVE_REPLICA::versions#ModelServer#")]
+           if a["name"].startswith("SERVE_REPLICA::versions#PredictionService#")]
     assert new and new != [replicas[0]["name"]]
 
 
