@@ -73,9 +73,13 @@ class Predictor:
         """Each instance checked against the signature's inputs, as a dict in signature order."""
         return validate_instances(self.signature, instances)
 
-    def matrix(self, instances: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Raw instances -> the model's float matrix (validated, then transformed), or InputError."""
-        rows = self.validate(instances)
+    def matrix(self, instances: Sequence[Mapping[str, Any]], *, validated: bool = False) -> np.ndarray:
+        """Raw instances -> the model's float matrix (validated, then transformed), or InputError.
+
+        `validated`: the instances are already `validate`'s output (the service checks
+        a request before it reaches the model), so they are not checked twice.
+        """
+        rows = list(instances) if validated else self.validate(instances)
         if self.transforms is not None:
             try:
                 rows = self.transforms.transform_rows(rows)
@@ -95,8 +99,8 @@ class Predictor:
                 matrix[row_number, column] = value
         return matrix
 
-    def predict(self, instances: Sequence[Mapping[str, Any]]) -> list:
-        features = self.matrix(instances)
+    def predict(self, instances: Sequence[Mapping[str, Any]], *, validated: bool = False) -> list:
+        features = self.matrix(instances, validated=validated)
         classification = self.signature["task"] == "classification"
         if self.model.flavor == "keras":
             outputs = self.estimator(features.astype(np.float32), training=False).numpy().astype(np.float64)

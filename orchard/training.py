@@ -387,9 +387,10 @@ def train_model(
     }
     if trained["learning_curve_png"] is not None:
         files[LEARNING_CURVE_FILE] = trained["learning_curve_png"]
+    signature = raw_signature(spec, data.inputs)
     if spec.task == "classification":
         files[CONFUSION_MATRIX_FILE] = plots.confusion_matrix_png(
-            metrics["test"]["confusion_matrix"], list(raw_signature(spec, data.inputs)["classes"]),
+            metrics["test"]["confusion_matrix"], signature["classes"],
             title=f"{spec.name}: test split")
     lineage = {
         **data.lineage(),
@@ -408,7 +409,7 @@ def train_model(
         "artifact": trained["artifact"][0],
         "transforms": TRANSFORMS_FILE,
         "plots": [f for f in (LEARNING_CURVE_FILE, CONFUSION_MATRIX_FILE) if f in files],
-        "signature": raw_signature(spec, data.inputs),
+        "signature": signature,
         "metrics": metrics,
         "hyperparameters": trained["hyperparameters"],
         "learning_curve": trained["learning_curve"],

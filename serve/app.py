@@ -204,7 +204,7 @@ class PredictionService:
 
         # A function, not a bound method: the bound limit comes from the application's arguments.
         self._get_model = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(load)
-        self._canary = check_canary(canary or {})
+        self._canary = canary or {}  # checked by build_app
         self._alias_ttl_s = alias_ttl_s
         self._aliases: dict[str, tuple[float, dict[str, int]]] = {}
         self._cards: dict[tuple[str, int], dict] = {}
@@ -269,10 +269,11 @@ class PredictionService:
         return predictions, request_id
 
     async def _run_model(self, model_id: str, instances: list[dict]) -> list:
+        """Predictions for rows `validate_instances` already checked against the version's signature."""
         predictor = await self._get_model(model_id)
         if predictor.model.flavor == "keras":
             return await self._predict_batched(model_id, instances)
-        return predictor.predict(instances)
+        return predictor.predict(instances, validated=True)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _predict_batched(self, model_ids: list[str], requests: list[list[dict]]) -> list[list]:
@@ -281,7 +282,7 @@ class PredictionService:
         for model_id in dict.fromkeys(model_ids):
             indices = [i for i, wanted in enumerate(model_ids) if wanted == model_id]
             predictor = await self._get_model(model_id)
-            predictions = predictor.predict([row for i in indices for row in requests[i]])
+            predictions = predictor.predict([row for i in indices for row in requests[i]], validated=True)
             start = 0
             for i in indices:
                 answers[i] = predictions[start:start + len(requests[i])]
