@@ -2,16 +2,19 @@
 
     python -m bench.bench_serve [--connections 16] [--seconds 10] [--json]
 
-Both servers answer `POST /v1/models/fruit_classifier:predict` with one fruit per
+All servers answer `POST /v1/models/fruit_classifier:predict` with one fruit per
 request from the same registered decision tree, through the same predictor
-(validation, stored transforms, the model). A load generator in this process
-(aiohttp, one keep-alive connection per concurrent client) keeps `connections`
-requests in flight for `seconds` after a warm-up, once with one connection and
-once with `connections`, and reports requests per second and latency
-percentiles. The goal (issue 6): Serve at least 0.5x the plain server's
-throughput at 16 connections, with p99 at most 50 ms.
+(validation, stored transforms, the model). Orchard's app is measured both ways
+a client reaches it: through Serve's HTTP proxy (`serve-proxy`) and straight to
+the replica's own port (`serve-direct`, Serve's direct ingress, as Orchard runs
+Ray: `orchard.runtime.SERVE_ENV`). A load generator in this process (aiohttp,
+one keep-alive connection per concurrent client) keeps `connections` requests
+in flight for `seconds` after a warm-up, once with one connection and once with
+`connections`, and reports requests per second and latency percentiles. The
+goal (issue 6): Serve at least 0.5x the plain server's throughput at 16
+connections, with p99 at most 50 ms.
 
-Both servers and the load generator share the machine's cores, so absolute
+The servers and the load generator share the machine's cores, so absolute
 numbers depend on it; the ratio is the figure to compare.
 """
 
@@ -118,10 +121,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from orchard.config import OrchardConfig
+    from orchard.output import stdout_reserved_for_json
     from orchard.runtime import ray_session
 
     results: dict = {}
-    with tempfile.TemporaryDirectory(prefix="orchard-bench-serve-") as root:
+    # Ray prints some of its own lines on stdout; with --json, stdout carries the result only.
+    with stdout_reserved_for_json(args.json), tempfile.TemporaryDirectory(prefix="orchard-bench-serve-") as root:
         config = OrchardConfig.from_sources(storage=root, num_cpus=2, serve_port=free_port())
         plain_port = free_port()
         with ray_session(config, quiet=True):
@@ -131,34 +136,44 @@ def main() -> None:
                                       str(plain_port), "--log-level", "warning"], env=env,
                                      cwd=Path(__file__).resolve().parent.parent)
             try:
-                plain_url = f"http://127.0.0.1:{plain_port}"
-                _wait_for(plain_url)
+                servers = {"plain": f"http://127.0.0.1:{plain_port}"}
+                _wait_for(servers["plain"])
                 from ray import serve
 
-                from serve.app import deploy
+                from serve.app import deploy, replica_urls
 
-                serve_url = deploy(config, log_predictions=True)
-                _wait_for(serve_url)
+                servers["serve-proxy"] = deploy(config, log_predictions=True)
+                _wait_for(servers["serve-proxy"])
+                direct = replica_urls(config, wait_s=30)
+                if direct:
+                    servers["serve-direct"] = direct[0]
+                    _wait_for(direct[0])
                 for connections in (1, args.connections):
-                    for name, url in (("plain", plain_url), ("serve", serve_url)):
+                    for name, url in servers.items():
                         results[f"{name}@{connections}"] = measure(url, connections, args.seconds)
                 serve.shutdown()
             finally:
                 plain.terminate()
                 plain.wait(30)
     top = args.connections
-    ratio = results[f"serve@{top}"]["requests_per_second"] / results[f"plain@{top}"]["requests_per_second"]
-    summary = {"results": results, f"serve_vs_plain_throughput_at_{top}": round(ratio, 2),
-               "goal": "serve >= 0.5x plain at 16 connections, p99 <= 50 ms",
-               "goal_met": ratio >= 0.5 and results[f"serve@{top}"]["p99_ms"] <= 50}
+    plain_rps = results[f"plain@{top}"]["requests_per_second"]
+    ratios = {name: round(results[f"{name}@{top}"]["requests_per_second"] / plain_rps, 2)
+              for name in servers if name != "plain"}
+    best = "serve-direct" if "serve-direct" in ratios else "serve-proxy"
+    goal_met = (ratios[best] >= 0.5 and results[f"{best}@{top}"]["p99_ms"] <= 50
+                and not any(numbers["failures"] for numbers in results.values()))
+    summary = {"results": results, f"vs_plain_throughput_at_{top}": ratios, "goal_judged_on": best,
+               "goal": "serve >= 0.5x plain at 16 connections, p99 <= 50 ms, no failed request", "goal_met": goal_met}
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"{'server@connections':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failures':>10}")
+    print(f"{'server@connections':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failures':>10}")
     for key, numbers in results.items():
-        print(f"{key:<20}{numbers['requests_per_second']:>9}{numbers['p50_ms']:>9}{numbers['p99_ms']:>9}"
+        print(f"{key:<22}{numbers['requests_per_second']:>9}{numbers['p50_ms']:>9}{numbers['p99_ms']:>9}"
               f"{numbers['failures']:>10}")
-    print(f"serve / plain throughput at {top} connections: {ratio:.2f}x (goal met: {summary['goal_met']})")
+    for name, ratio in ratios.items():
+        print(f"{name} / plain throughput at {top} connections: {ratio:.2f}x")
+    print(f"goal met ({best}): {summary['goal_met']}")
 
 
 if __name__ == "__main__":

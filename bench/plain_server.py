@@ -28,7 +28,7 @@ class PredictRequest(BaseModel):
 
 
 @app.post("/v1/models/{name}:predict")
-def predict(name: str, body: PredictRequest):
+async def predict(name: str, body: PredictRequest):
     if name not in _predictors:
         _predictors[name] = Predictor.load(_registry, name)
     predictor = _predictors[name]

@@ -327,14 +327,18 @@ def serve_command(
     from ray import serve
 
     from orchard.runtime import ray_session
-    from serve.app import deploy
+    from serve.app import deploy, replica_urls
 
     config = context.obj.with_overrides(serve_port=port, serve_host=host)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with ray_session(config, quiet=True):
+        # After Ray starts: its core worker installs a handler of its own that dumps a stack trace and exits.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         url = deploy(config)
         print(f"serving models from {config.storage} at {url} (docs at {url}/docs); Ctrl-C stops", flush=True)
+        direct = replica_urls(config, wait_s=10)
+        if direct:
+            print(f"replicas answering directly (faster, no proxy hop): {', '.join(direct)}", flush=True)
         try:
             stop.wait()
         except KeyboardInterrupt:

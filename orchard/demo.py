@@ -52,7 +52,7 @@ def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: 
              echo: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     storage = Storage(config.storage)
-    summary: dict = {"storage": config.storage, "models": {}, "predictions": {}, "refused": {}}
+    summary: dict = {"storage": config.storage, "models": {}, "predictions": {}, "v2": {}, "refused": {}}
 
     def step(number: int, text: str) -> None:
         echo(f"[{number}/{STEPS}] {text}  ({time.perf_counter() - started:.1f}s)")
@@ -97,13 +97,15 @@ def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: 
         step(6, "deploying the models with Ray Serve and sending HTTP requests")
         from ray import serve
 
-        from serve.app import deploy
+        from serve.app import deploy, replica_urls
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         url = deploy(config)
+        # The replica's own port (Serve's direct ingress) when Ray runs with it: the V2 requests go there.
+        direct_url = (replica_urls(config, wait_s=30) or [url])[0]
         registry = ModelRegistry(storage)
         try:
-            with httpx.Client(base_url=url, timeout=60) as client:
+            with httpx.Client(base_url=url, timeout=60) as client, httpx.Client(timeout=60) as v2_client:
                 for name in summary["models"]:
                     rows_with_truth = held_out_rows(storage, name, 4)
                     instances = [{k: v for k, v in row.items() if k != "_truth"} for row in rows_with_truth]
@@ -118,6 +120,9 @@ def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: 
                     echo(f"      POST {url}/v1/models/{name}:predict -> version {body['version']}")
                     for row, prediction in zip(rows_with_truth, body["predictions"]):
                         echo("        " + _describe(row, prediction))
+                    summary["v2"][name] = _infer_v2(v2_client, direct_url, name, instances, body["predictions"])
+                    echo(f"      POST {direct_url}/v2/models/{name}/infer (Open Inference Protocol) -> "
+                         f"version {summary['v2'][name]['model_version']}, the same predictions")
         finally:
             serve.shutdown()
 
@@ -125,6 +130,23 @@ def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     echo(f"done in {summary['seconds']}s; explore with `orchard --storage {config.storage} models list`")
     return summary
+
+
+def _infer_v2(client: httpx.Client, url: str, name: str, instances: list[dict], expected: list) -> dict:
+    """The same rows through the V2 protocol, one tensor per input as the model's V2 metadata describes them."""
+    metadata = client.get(f"{url}/v2/models/{name}")
+    if metadata.status_code != 200:
+        raise DemoError(f"{name}: V2 metadata: HTTP {metadata.status_code}: {metadata.text}")
+    inputs = [{"name": item["name"], "datatype": item["datatype"], "shape": [len(instances)],
+               "data": [row[item["name"]] for row in instances]} for item in metadata.json()["inputs"]]
+    response = client.post(f"{url}/v2/models/{name}/infer", json={"inputs": inputs})
+    if response.status_code != 200:
+        raise DemoError(f"{name}: V2 infer: HTTP {response.status_code}: {response.text}")
+    answer = response.json()
+    first = answer["outputs"][0]["data"]  # labels of a classifier, values of a regressor
+    if first != [p["label"] if isinstance(p, dict) else p for p in expected]:
+        raise DemoError(f"{name}: V2 and V1 predictions differ")
+    return {"url": url, **answer}
 
 
 def _describe(row: dict, prediction) -> str:

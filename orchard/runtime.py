@@ -16,9 +16,34 @@ from orchard.config import LEGACY_KERAS_ENV, OrchardConfig
 log = logging.getLogger(__name__)
 
 
+# How Orchard runs Ray Serve, read by every Serve process (controller, proxy, replicas) when it starts, so it must
+# be in the environment of the process that starts Ray: `ray_session` sets it before it starts a local Ray, and
+# cluster.yaml sets it for `ray start`. Measured on bench/bench_serve.py (README there), 16 connections, 2 cores:
+# - Direct ingress: each replica of the ingress deployment also serves HTTP on a port of its own (30000-31000;
+#   `serve.app.replica_urls` lists them) besides the proxy on the head node. Through the proxy every request costs
+#   an actor call to the replica plus the replica's calls back to the proxy for the body: ~8 ms of CPU per request
+#   in the two processes; 317 requests/s against 1,295 straight to the replica (plain uvicorn: 1,968).
+# - User code on the replica's own event loop instead of a second thread: 1.5-2x the requests per second
+#   straight to the replica (Orchard's handlers are async and hand model loading to a thread).
+# - Draining: a stopping replica keeps serving this long so that a load balancer in front of the replica ports can
+#   take it out first; 30 s by default, 1 s for a local Ray with nothing in front of it.
+# A value already set in the environment wins (`RAY_SERVE_ENABLE_DIRECT_INGRESS=0` keeps the proxy only).
+SERVE_ENV = {
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+}
+LOCAL_SERVE_ENV = {**SERVE_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+
+
 def prepare_driver_environment() -> None:
     """Set what must be set in this process before TensorFlow is first imported."""
     for name, value in LEGACY_KERAS_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def prepare_local_cluster_environment() -> None:
+    """Set, before a local Ray starts, what its processes must inherit (they start with this process's environment)."""
+    for name, value in LOCAL_SERVE_ENV.items():
         os.environ.setdefault(name, value)
 
 
@@ -44,8 +69,10 @@ def ray_session(config: OrchardConfig, *, quiet: bool = False) -> Iterator[None]
     elif os.environ.get("RAY_ADDRESS"):
         # Inside `ray job submit` the job's driver must join the cluster it was sent to.
         kwargs.pop("include_dashboard")
-    elif config.num_cpus is not None:
-        kwargs["num_cpus"] = config.num_cpus
+    else:
+        prepare_local_cluster_environment()
+        if config.num_cpus is not None:
+            kwargs["num_cpus"] = config.num_cpus
     ray.init(**kwargs)
     configure_ray_data(quiet=quiet)
     try:

@@ -30,6 +30,14 @@ def session_storage(tmp_path_factory):
     return str(tmp_path_factory.mktemp("storage"))
 
 
+@pytest.fixture()
+def ray_temp():
+    """A temp dir for a Ray of a test's own, started by a subprocess (`orchard demo`, `orchard serve`)."""
+    path = tempfile.mkdtemp(prefix="orchard-own-ray-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def session_config(session_storage):
     from orchard.config import OrchardConfig
@@ -42,9 +50,10 @@ def ray_cluster(session_config, ray_temp_dir):
     """The session's one local Ray (2 CPUs); checks on exit that none of its processes survive."""
     import ray
 
-    from orchard.runtime import configure_ray_data, prepare_driver_environment
+    from orchard.runtime import configure_ray_data, prepare_driver_environment, prepare_local_cluster_environment
 
     prepare_driver_environment()
+    prepare_local_cluster_environment()
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -101,6 +110,31 @@ def serve_url(trained_models, session_config):
     url = deploy(session_config, replica_cpus=0)
     yield url
     serve.shutdown()
+
+
+@pytest.fixture(params=["proxy", "direct"])
+def ingress_url(request, serve_url, session_config):
+    """The app's address both ways a client reaches it: Serve's proxy, and straight to its replica (direct ingress).
+
+    Looked up per test: a replica killed by an earlier test comes back on another port.
+    """
+    if request.param == "proxy":
+        return serve_url
+    import httpx
+
+    from serve.app import replica_urls
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        urls = replica_urls(session_config)
+        if len(urls) == 1:
+            try:
+                if httpx.get(f"{urls[0]}/v2/health/live", timeout=5).status_code == 200:
+                    return urls[0]
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"the replica does not answer directly; its addresses: {replica_urls(session_config)}")
 
 
 @pytest.fixture(autouse=True)

@@ -2,12 +2,11 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -18,13 +17,6 @@ from orchard.demo import DEMO_MODELS
 from tests.helpers import free_port, processes_mentioning
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture()
-def ray_temp():
-    path = tempfile.mkdtemp(prefix="orchard-demo-ray-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _own_predictions(folder: Path, instances: list[dict]):
@@ -41,9 +33,10 @@ def test_demo_trains_and_serves_four_models_and_leaves_no_ray_process(tmp_path, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "RAY_"))}
     env.update(RAY_TMPDIR=ray_temp, ORCHARD_NUM_CPUS="2")
     orchard = Path(sys.executable).parent / "orchard"
+    port = free_port()
     result = subprocess.run(
         [str(orchard), "--storage", str(storage), "demo", "--rows", "1000", "--epochs", "3",
-         "--port", str(free_port()), "--json"],
+         "--port", str(port), "--json"],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -58,6 +51,13 @@ def test_demo_trains_and_serves_four_models_and_leaves_no_ray_process(tmp_path, 
         assert summary["models"][name]["version"] == 1
         served = summary["predictions"][name]
         assert served["version"] == 1 and len(served["predictions"]) == len(served["instances"]) > 0
+        # The same rows through the Open Inference Protocol, sent to the replica's own port (direct ingress).
+        v2 = summary["v2"][name]
+        assert v2["model_name"] == name and v2["model_version"] == "1"
+        assert urlsplit(v2["url"]).port != port
+        first = v2["outputs"][0]
+        assert first["shape"][0] == len(served["instances"])
+        assert first["data"] == [p["label"] if isinstance(p, dict) else p for p in served["predictions"]]
     for name in ("fruit_classifier", "surf_regressor"):
         served = summary["predictions"][name]
         expected = _own_predictions(storage / "models" / name / "1", served["instances"])

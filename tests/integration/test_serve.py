@@ -45,10 +45,10 @@ def _instances(storage, name, count=20):
 
 
 @pytest.mark.parametrize("name", ["fruit_classifier", "surf_regressor"])
-def test_served_predictions_equal_the_models_own(serve_url, trained_models, name):
+def test_served_predictions_equal_the_models_own(ingress_url, trained_models, name):
     storage, results = trained_models
     instances = _instances(storage, name)
-    response = httpx.post(f"{serve_url}/v1/models/{name}:predict", json={"instances": instances}, timeout=30)
+    response = httpx.post(f"{ingress_url}/v1/models/{name}:predict", json={"instances": instances}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["model"], body["version"]) == (name, results[name]["version"])
@@ -62,15 +62,15 @@ def test_served_predictions_equal_the_models_own(serve_url, trained_models, name
         np.testing.assert_array_equal(np.array(body["predictions"]), expected)
 
 
-def test_an_exact_version_can_be_addressed(serve_url, trained_models):
-    response = httpx.post(f"{serve_url}/v1/models/fruit_classifier/versions/1:predict",
+def test_an_exact_version_can_be_addressed(ingress_url, trained_models):
+    response = httpx.post(f"{ingress_url}/v1/models/fruit_classifier/versions/1:predict",
                           json={"instances": _instances(trained_models[0], "fruit_classifier")[:2]}, timeout=30)
     assert response.status_code == 200
     assert response.json()["version"] == 1
 
 
-def test_models_are_listed_with_versions_and_aliases(serve_url, trained_models):
-    models = {m["name"]: m for m in httpx.get(f"{serve_url}/v1/models", timeout=30).json()["models"]}
+def test_models_are_listed_with_versions_and_aliases(ingress_url, trained_models):
+    models = {m["name"]: m for m in httpx.get(f"{ingress_url}/v1/models", timeout=30).json()["models"]}
     assert models["fruit_classifier"]["versions"] == [1]
     assert models["fruit_classifier"]["aliases"] == {"production": 1}
 
@@ -85,19 +85,35 @@ def test_models_are_listed_with_versions_and_aliases(serve_url, trained_models):
         ({"rows": []}, 422, "instances"),
     ],
 )
-def test_bad_input_gets_a_4xx_naming_the_problem(serve_url, trained_models, body, status, fragment):
-    response = httpx.post(f"{serve_url}/v1/models/fruit_classifier:predict", json=body, timeout=30)
+def test_bad_input_gets_a_4xx_naming_the_problem(ingress_url, trained_models, body, status, fragment):
+    response = httpx.post(f"{ingress_url}/v1/models/fruit_classifier:predict", json=body, timeout=30)
     assert response.status_code == status
     assert fragment in response.text
 
 
-def test_unknown_model_or_version_is_a_404(serve_url, trained_models):
+def test_unknown_model_or_version_is_a_404(ingress_url, trained_models):
     instance = _instances(trained_models[0], "fruit_classifier")[:1]
-    assert httpx.post(f"{serve_url}/v1/models/pear_classifier:predict", json={"instances": instance}, timeout=30).status_code == 404
-    missing = httpx.post(f"{serve_url}/v1/models/fruit_classifier/versions/7:predict", json={"instances": instance}, timeout=30)
+    assert httpx.post(f"{ingress_url}/v1/models/pear_classifier:predict", json={"instances": instance}, timeout=30).status_code == 404
+    missing = httpx.post(f"{ingress_url}/v1/models/fruit_classifier/versions/7:predict", json={"instances": instance}, timeout=30)
     assert missing.status_code == 404 and "no version 7" in missing.json()["error"]
 
 
-def test_health_endpoints_answer(serve_url):
-    assert httpx.get(f"{serve_url}/v2/health/live", timeout=30).json() == {"live": True}
-    assert httpx.get(f"{serve_url}/v2/health/ready", timeout=30).json() == {"ready": True}
+def test_health_endpoints_answer(ingress_url):
+    assert httpx.get(f"{ingress_url}/v2/health/live", timeout=30).json() == {"live": True}
+    assert httpx.get(f"{ingress_url}/v2/health/ready", timeout=30).json() == {"ready": True}
+
+
+def test_the_replica_answers_directly_what_the_proxy_answers(serve_url, session_config, trained_models):
+    """Direct ingress: the replica's own port (Serve's target group) gives the proxy's answer, without the proxy."""
+    from urllib.parse import urlsplit
+
+    from serve.app import replica_urls
+
+    urls = replica_urls(session_config)
+    assert len(urls) == 1, urls  # one replica, one address
+    assert 30000 <= urlsplit(urls[0]).port < 31000 and urlsplit(urls[0]).port != session_config.serve_port
+    storage, _ = trained_models
+    body = {"instances": _instances(storage, "fruit_classifier", 5)}
+    via_proxy = httpx.post(f"{serve_url}/v1/models/fruit_classifier:predict", json=body, timeout=30).json()
+    direct = httpx.post(f"{urls[0]}/v1/models/fruit_classifier:predict", json=body, timeout=30).json()
+    assert direct == via_proxy
