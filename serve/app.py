@@ -401,18 +401,26 @@ def replica_urls(config: OrchardConfig, name: str = "orchard", *, wait_s: float 
     while True:
         client = _get_global_client(raise_if_no_controller_running=False)
         # As `serve.status()` reads it: the controller's instance details, Serve's public schema.
-        groups = ServeInstanceDetails(**client.get_serve_details()).target_groups if client else []
-        # Replicas listen on the configured host: on a loopback host the node's address does not reach them.
-        loopback = config.serve_host in ("127.0.0.1", "localhost", "::1")
-        urls = [
-            f"http://{config.serve_host if loopback else target.ip}:{target.port}{group.route_prefix.rstrip('/')}"
-            for group in groups
-            if group.app_name == name and group.protocol == "HTTP" and group.ingress_deployment_name
-            for target in group.targets
-        ]
+        urls = replica_addresses(ServeInstanceDetails(**client.get_serve_details()), config, name) if client else []
         if urls or time.monotonic() >= deadline:
             return urls
         time.sleep(0.2)
+
+
+def replica_addresses(details, config: OrchardConfig, name: str) -> list[str]:
+    """The HTTP targets of app `name` in Serve's instance details that are replicas, as URLs.
+
+    Until a replica has its port (and always without direct ingress), the app's target group lists the proxies.
+    """
+    proxies = {proxy.actor_name for proxy in details.proxies.values()}
+    # Replicas listen on the configured host: on a loopback host the node's address does not reach them.
+    loopback = config.serve_host in ("127.0.0.1", "localhost", "::1")
+    return [
+        f"http://{config.serve_host if loopback else target.ip}:{target.port}{group.route_prefix.rstrip('/')}"
+        for group in details.target_groups
+        if group.app_name == name and group.protocol == "HTTP"
+        for target in group.targets if target.name not in proxies
+    ]
 
 
 def deploy(config: OrchardConfig, *, name: str = "orchard", route_prefix: str = "/", **args: Any) -> str:

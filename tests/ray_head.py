@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Iterator
 
 from orchard.config import LEGACY_KERAS_ENV
+from orchard.runtime import LOCAL_SERVE_ENV
 from tests.helpers import processes_mentioning
 
 log = logging.getLogger(__name__)
@@ -135,20 +136,21 @@ class RayHeadCluster:
 
     def job_info(self, submission_id: str) -> dict:
         """The job API's record of a job: status, message, driver_exit_code, ..."""
-        return self._request("GET", f"/api/jobs/{submission_id}")
+        return self.request("GET", f"/api/jobs/{submission_id}")
 
     def job_logs(self, submission_id: str) -> str:
-        return self._request("GET", f"/api/jobs/{submission_id}/logs")["logs"]
+        return self.request("GET", f"/api/jobs/{submission_id}/logs")["logs"]
 
     def _stop_job(self, submission_id: str, timeout: float = 20.0) -> None:
         """Ask the cluster to stop a job and wait until it has (SIGTERM, then SIGKILL after 3 s)."""
         deadline = time.monotonic() + timeout
         with contextlib.suppress(urllib.error.URLError):
-            self._request("POST", f"/api/jobs/{submission_id}/stop")
+            self.request("POST", f"/api/jobs/{submission_id}/stop")
             while self.job_info(submission_id)["status"] in ("PENDING", "RUNNING") and time.monotonic() < deadline:
                 time.sleep(0.25)
 
-    def _request(self, method: str, path: str) -> dict:
+    def request(self, method: str, path: str) -> dict:
+        """One call to the dashboard's REST API (jobs, Serve) with the cluster's token; the JSON answer."""
         token = Path(self.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
         request = urllib.request.Request(self.address + path, method=method,
                                          headers={"Authorization": f"Bearer {token}"})
@@ -226,6 +228,8 @@ def _cluster_environment(token_path: Path) -> dict[str, str]:
         # On SIGTERM Ray 2.60 first drains the node for up to 30 s (for Serve behind Kubernetes); not for a test.
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
     )
+    # Serve as cluster.yaml's `ray start` runs it, with a replica's draining period shortened: no load balancer here.
+    env.update(LOCAL_SERVE_ENV)
     return env
 
 
@@ -252,7 +256,7 @@ def _wait_until_ready(cluster: RayHeadCluster, process: subprocess.Popen, output
         recorded = address_file.read_text().strip() if address_file.exists() else ""
         try:
             if recorded.endswith(f":{gcs_port}"):
-                cluster._request("GET", "/api/jobs/")
+                cluster.request("GET", "/api/jobs/")
                 return recorded
             waiting_for = f"GCS address in {address_file} (found {recorded!r})"
         except OSError as error:  # refused while starting; an HTTP 401/403 would mean our token is not the one

@@ -142,3 +142,79 @@ def test_all_four_models_train_and_register_through_a_submitted_job(trained_by_j
         assert model.card["metrics"]["beats_baseline"], (name, model.card["metrics"])
         assert model.card["lineage"]["code_version"] == commit  # the uploaded copy has no .git; the env names it
     assert registry.get("surf_dnn_regressor").card["hyperparameters"]["epochs"] == 3
+
+
+def _test_rows(storage, name: str, count: int = 3) -> list[dict]:
+    """Raw rows of the test split the production version was evaluated on, read without Ray."""
+    import pyarrow.parquet as pq
+
+    from features.catalog import get_view
+    from features.datasets import TrainingDataset
+    from orchard.training import get_spec
+
+    card = ModelRegistry(storage).get(name).card
+    dataset = TrainingDataset.open(storage, get_view(get_spec(name).view), card["lineage"]["dataset_version"])
+    inputs = [item["name"] for item in card["signature"]["inputs"]]
+    rows = pq.read_table(storage.path(f"{dataset.location}/test")).to_pylist()
+    return [{f: row[f] for f in inputs} for row in rows if all(row[f] is not None for f in inputs)][:count]
+
+
+def test_serve_deploy_of_the_shipped_config_serves_all_four_models(trained_by_job, head_cluster, tmp_path):
+    """`serve deploy serve/config.yaml` as on a cluster: through the proxy, and at the replica's port that Serve's
+    REST API lists for a load balancer."""
+    import time
+    from pathlib import Path
+    import sys
+
+    import httpx
+    import yaml
+
+    from orchard.predictor import Predictor
+    from tests.helpers import free_port
+
+    returncode, logs, storage, _ = trained_by_job
+    assert returncode == 0, logs[-3000:]
+    config = yaml.safe_load((head_cluster.working_dir / "serve" / "config.yaml").read_text())
+    port = free_port()
+    config["http_options"].update(host="127.0.0.1", port=port)  # the file's 0.0.0.0:8000, made safe for a test
+    config["applications"][0]["args"]["storage"] = storage.root_uri
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    deployed = subprocess.run([serve_cli, "deploy", str(path), "--address", head_cluster.address],
+                              env=head_cluster.env, capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    try:
+        proxy = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            # Until its replica runs, the app's target group holds the proxy (`port`); then the replica's own port.
+            targets = [target for group in head_cluster.request("GET", "/api/serve/applications/")["target_groups"]
+                       if group["app_name"] == "orchard" and group["protocol"] == "HTTP"
+                       for target in group["targets"] if target["port"] != port]
+            if targets and _answers(f"{proxy}/v2/health/ready"):
+                break
+            time.sleep(1)
+        assert len(targets) == 1, targets
+        direct = f"http://127.0.0.1:{targets[0]['port']}"  # the replica listens on the config's host
+
+        registry = ModelRegistry(storage)
+        for name in ALL_MODELS:
+            instances = _test_rows(storage, name)
+            expected = Predictor.load(registry, name, 1).predict(instances)
+            for url in (proxy, direct):
+                response = httpx.post(f"{url}/v1/models/{name}:predict", json={"instances": instances}, timeout=120)
+                assert response.status_code == 200, (url, response.text)
+                assert response.json()["version"] == 1 and response.json()["predictions"] == expected, (url, name)
+    finally:
+        subprocess.run([serve_cli, "shutdown", "--yes", "--address", head_cluster.address],
+                       env=head_cluster.env, capture_output=True, timeout=120)
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
