@@ -144,7 +144,7 @@ def main() -> None:
 
                 servers["serve-proxy"] = deploy(config, log_predictions=True)
                 _wait_for(servers["serve-proxy"])
-                direct = replica_urls(config, wait_s=30)
+                direct = replica_urls(wait_s=30)
                 if direct:
                     servers["serve-direct"] = direct[0]
                     _wait_for(direct[0])

@@ -334,12 +334,15 @@ def serve_command(
     with ray_session(config, quiet=True):
         # After Ray starts: its core worker installs a handler of its own that dumps a stack trace and exits.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        url = deploy(config)
-        print(f"serving models from {config.storage} at {url} (docs at {url}/docs); Ctrl-C stops", flush=True)
-        direct = replica_urls(config, wait_s=10)
-        if direct:
-            print(f"replicas answering directly (faster, no proxy hop): {', '.join(direct)}", flush=True)
         try:
+            url = deploy(config)
+            print(f"serving models from {config.storage} at {url} (docs at {url}/docs); Ctrl-C stops", flush=True)
+            direct = replica_urls(wait_s=30)
+            if direct:
+                print(f"replicas answering directly (faster, no proxy hop): {', '.join(direct)}", flush=True)
+            else:
+                print("no replica answers on a port of its own (Ray runs without Serve's direct ingress); "
+                      "the address above serves everything", flush=True)
             stop.wait()
         except KeyboardInterrupt:
             pass

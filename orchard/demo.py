@@ -102,7 +102,7 @@ def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         url = deploy(config)
         # The replica's own port (Serve's direct ingress) when Ray runs with it: the V2 requests go there.
-        direct_url = (replica_urls(config, wait_s=30) or [url])[0]
+        direct_url = (replica_urls(wait_s=30) or [url])[0]
         registry = ModelRegistry(storage)
         try:
             with httpx.Client(base_url=url, timeout=60) as client, httpx.Client(timeout=60) as v2_client:

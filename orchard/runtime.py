@@ -71,6 +71,9 @@ def ray_session(config: OrchardConfig, *, quiet: bool = False) -> Iterator[None]
         kwargs.pop("include_dashboard")
     else:
         prepare_local_cluster_environment()
+        # A new Ray of our own, as the docstring says: with no address Ray would join the last `ray start`
+        # cluster on this machine, which started without these settings (and refuses `num_cpus`).
+        kwargs["address"] = "local"
         if config.num_cpus is not None:
             kwargs["num_cpus"] = config.num_cpus
     ray.init(**kwargs)

@@ -189,17 +189,24 @@ def _metrics():
 
 
 def _load_and_freeze(registry: ModelRegistry, name: str, version: int) -> Predictor:
-    """Load a version, then move everything alive now out of the garbage collector's way.
+    """Load a version, then take everything alive out of the garbage collector's way (`refreeze`)."""
+    predictor = Predictor.load(registry, name, version)
+    refreeze()
+    return predictor
+
+
+def refreeze() -> None:
+    """Collect everything, then freeze what is left alive, after each model load.
 
     Serve freezes the objects of a replica's start-up (`gc.freeze`), but a model loads later, with the modules it
     imports; they stayed in the collected generations, and under load a full collection walked them about once a
-    second, stopping the replica ~50 ms each time: p99 62 ms instead of 17 ms on bench/bench_serve.py. Frozen
-    objects are still freed by reference counting when a model is evicted; only reference cycles among them stay.
+    second, stopping the replica ~50 ms each time: p99 62 ms instead of 17 ms on bench/bench_serve.py.
+    Unfreezing first lets this collection reach what earlier freezes kept, such as a model evicted since then
+    (networks are full of reference cycles, which only the collector frees).
     """
-    predictor = Predictor.load(registry, name, version)
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
-    return predictor
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
@@ -223,7 +230,7 @@ class PredictionService:
         self._get_model = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(load)
         self._canary = canary or {}  # checked by build_app
         self._alias_ttl_s = alias_ttl_s
-        self._aliases: dict[str, tuple[float, dict[str, int]]] = {}
+        self._aliases: dict[str, tuple[float, dict[str, int], list[int]]] = {}  # name -> (read at, aliases, versions)
         self._cards: dict[tuple[str, int], dict] = {}
         self._metrics = _metrics()
         self._log = PredictionLog(self._storage.path("predictions")) if log_predictions and self._storage.is_local \
@@ -234,15 +241,16 @@ class PredictionService:
             self._log.close()
 
     # -- resolving a request to one version
-    def _aliases_of(self, name: str) -> dict[str, int]:
-        now = time.monotonic()
+    def _registry_view(self, name: str) -> tuple[dict[str, int], list[int]]:
+        """The model's aliases and versions, read from the registry at most once per `alias_ttl_s`."""
         cached = self._aliases.get(name)
-        if cached is None or now - cached[0] > self._alias_ttl_s:
-            if not self._registry.versions(name):
+        if cached is None or time.monotonic() - cached[0] > self._alias_ttl_s:
+            versions = self._registry.versions(name)
+            if not versions:
                 raise RegistryError(f"no model named {name!r} is registered")
-            cached = (now, self._registry.aliases(name))
+            cached = (time.monotonic(), self._registry.aliases(name), versions)
             self._aliases[name] = cached
-        return cached[1]
+        return cached[1], cached[2]
 
     def _card(self, name: str, version: int) -> dict:
         key = (name, version)
@@ -254,7 +262,7 @@ class PredictionService:
         if version is not None:
             self._card(name, version)  # a 404 naming the version if it does not exist
             return version
-        aliases = self._aliases_of(name)
+        aliases, versions = self._registry_view(name)
         split = self._canary.get(name)
         if split:
             draw, total = random.random(), 0.0
@@ -264,11 +272,22 @@ class PredictionService:
                     return aliases[alias]
         if DEFAULT_ALIAS in aliases:
             return aliases[DEFAULT_ALIAS]
-        return max(self._registry.versions(name))
+        return max(versions)
 
-    async def _predict(self, name: str, version: int, instances: list[dict], protocol_name: str):
+    async def _resolve(self, name: str, version: int | None) -> tuple[int, dict]:
+        """`_choose` and the chosen version's card for the async endpoints, which share the replica's event loop
+        with every connection: the registry is read in a thread, when a cache misses or is due."""
+        if version is None:
+            cached = self._aliases.get(name)
+            if cached is None or time.monotonic() - cached[0] > self._alias_ttl_s:
+                await asyncio.to_thread(self._registry_view, name)
+            version = self._choose(name, None)
+        if (name, version) not in self._cards:
+            await asyncio.to_thread(self._card, name, version)
+        return version, self._cards[(name, version)]
+
+    async def _predict(self, name: str, version: int, card: dict, instances: list[dict], protocol_name: str):
         started = time.perf_counter()
-        card = self._card(name, version)
         tags = {"model": name, "version": str(version), "protocol": protocol_name}
         try:
             validated = validate_instances(card["signature"], instances)
@@ -299,7 +318,9 @@ class PredictionService:
         for model_id in dict.fromkeys(model_ids):
             indices = [i for i, wanted in enumerate(model_ids) if wanted == model_id]
             predictor = await self._get_model(model_id)
-            predictions = predictor.predict([row for i in indices for row in requests[i]], validated=True)
+            # A network's call takes milliseconds: in a thread, not on the event loop every connection shares.
+            predictions = await asyncio.to_thread(predictor.predict, [row for i in indices for row in requests[i]],
+                                                  validated=True)
             start = 0
             for i in indices:
                 answers[i] = predictions[start:start + len(requests[i])]
@@ -310,15 +331,15 @@ class PredictionService:
     @api.post("/v1/models/{name}:predict", response_model=PredictResponse)
     async def predict(self, name: str, body: PredictRequest):
         """Predict with the `production` version (or the canary split configured for the model)."""
-        version = self._choose(name, None)
-        predictions, _ = await self._predict(name, version, body.instances, "v1")
+        version, card = await self._resolve(name, None)
+        predictions, _ = await self._predict(name, version, card, body.instances, "v1")
         return PredictResponse(predictions=predictions, model=name, version=version)
 
     @api.post("/v1/models/{name}/versions/{version}:predict", response_model=PredictResponse)
     async def predict_version(self, name: str, version: int, body: PredictRequest):
         """Predict with one exact version."""
-        version = self._choose(name, version)
-        predictions, _ = await self._predict(name, version, body.instances, "v1")
+        version, card = await self._resolve(name, version)
+        predictions, _ = await self._predict(name, version, card, body.instances, "v1")
         return PredictResponse(predictions=predictions, model=name, version=version)
 
     @api.get("/v1/models")
@@ -339,7 +360,7 @@ class PredictionService:
     @api.get("/v2/models/{name}")
     def model_metadata(self, name: str) -> dict:
         version = self._choose(name, None)
-        return protocol.model_metadata(name, self._registry.versions(name), self._card(name, version))
+        return protocol.model_metadata(name, self._registry_view(name)[1], self._card(name, version))
 
     @api.get("/v2/models/{name}/versions/{version}")
     def version_metadata(self, name: str, version: int) -> dict:
@@ -355,16 +376,17 @@ class PredictionService:
 
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, body: InferRequest):
-        return await self._infer(name, self._choose(name, None), body)
+        return await self._infer(name, None, body)
 
     @api.post("/v2/models/{name}/versions/{version}/infer")
     async def infer_version(self, name: str, version: int, body: InferRequest):
-        return await self._infer(name, self._choose(name, version), body)
+        return await self._infer(name, version, body)
 
-    async def _infer(self, name: str, version: int, body: InferRequest):
-        signature = self._card(name, version)["signature"]
+    async def _infer(self, name: str, version: int | None, body: InferRequest):
+        version, card = await self._resolve(name, version)
+        signature = card["signature"]
         instances = protocol.instances_from_tensors(signature, body.inputs, MAX_INSTANCES)
-        predictions, request_id = await self._predict(name, version, instances, "v2")
+        predictions, request_id = await self._predict(name, version, card, instances, "v2")
         answer = {"model_name": name, "model_version": str(version), "id": body.id or request_id,
                   "outputs": protocol.output_tensors(signature, predictions)}
         return answer
@@ -387,7 +409,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         str(args.get("log_predictions", True)).lower() not in ("false", "0", "no"))
 
 
-def replica_urls(config: OrchardConfig, name: str = "orchard", *, wait_s: float = 0) -> list[str]:
+def replica_urls(name: str = "orchard", *, wait_s: float = 0) -> list[str]:
     """The addresses at which the app's replicas answer HTTP themselves (Serve's direct ingress), one per replica.
 
     Empty when the cluster runs without direct ingress (`orchard.runtime.SERVE_ENV`) or no replica has its port
@@ -401,26 +423,32 @@ def replica_urls(config: OrchardConfig, name: str = "orchard", *, wait_s: float 
     while True:
         client = _get_global_client(raise_if_no_controller_running=False)
         # As `serve.status()` reads it: the controller's instance details, Serve's public schema.
-        urls = replica_addresses(ServeInstanceDetails(**client.get_serve_details()), config, name) if client else []
+        urls = replica_addresses(ServeInstanceDetails(**client.get_serve_details()), name) if client else []
         if urls or time.monotonic() >= deadline:
             return urls
         time.sleep(0.2)
 
 
-def replica_addresses(details, config: OrchardConfig, name: str) -> list[str]:
+def replica_addresses(details, name: str) -> list[str]:
     """The HTTP targets of app `name` in Serve's instance details that are replicas, as URLs.
 
     Until a replica has its port (and always without direct ingress), the app's target group lists the proxies.
     """
     proxies = {proxy.actor_name for proxy in details.proxies.values()}
-    # Replicas listen on the configured host: on a loopback host the node's address does not reach them.
-    loopback = config.serve_host in ("127.0.0.1", "localhost", "::1")
-    return [
-        f"http://{config.serve_host if loopback else target.ip}:{target.port}{group.route_prefix.rstrip('/')}"
-        for group in details.target_groups
-        if group.app_name == name and group.protocol == "HTTP"
-        for target in group.targets if target.name not in proxies
-    ]
+    # Replicas listen on Serve's HTTP host: bound to every interface, each is reached at its node's address;
+    # bound to one address (loopback on a laptop), at that address.
+    host = details.http_options.host if details.http_options else "127.0.0.1"
+    urls = []
+    for group in details.target_groups:
+        if group.app_name != name or group.protocol != "HTTP":
+            continue
+        for target in group.targets:
+            if target.name in proxies:
+                continue
+            address = target.ip if host in ("0.0.0.0", "::") else host
+            address = f"[{address}]" if ":" in address else address
+            urls.append(f"http://{address}:{target.port}{group.route_prefix.rstrip('/')}")
+    return urls
 
 
 def deploy(config: OrchardConfig, *, name: str = "orchard", route_prefix: str = "/", **args: Any) -> str:

@@ -109,7 +109,7 @@ def test_the_replica_answers_directly_what_the_proxy_answers(serve_url, session_
 
     from serve.app import replica_urls
 
-    urls = replica_urls(session_config)
+    urls = replica_urls(wait_s=30)
     assert len(urls) == 1, urls  # one replica, one address
     assert 30000 <= urlsplit(urls[0]).port < 31000 and urlsplit(urls[0]).port != session_config.serve_port
     storage, _ = trained_models
