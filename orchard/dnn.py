@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from orchard.model_data import FEATURES_COLUMN, TARGET_COLUMN, ModelDataError, PreparedData, prepare_splits
+from orchard.runtime import prepare_driver_environment
 from orchard.storage import Storage
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ def _tf_dataset(shard, config: dict):
 
 def train_loop_per_worker(config: dict) -> None:
     """Train epoch by epoch from the latest checkpoint (if any), reporting metrics with a checkpoint each epoch."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # normally set by the runtime env already
+    prepare_driver_environment()  # the legacy-Keras switch; normally set by the runtime env already
     import tensorflow as tf
     import tf_keras
 

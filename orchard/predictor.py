@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from orchard.registry import ModelRegistry, ModelVersion, RegistryError
+from orchard.runtime import prepare_driver_environment
 
 # Only these module prefixes may appear inside a stored scikit-learn model; skops
 # refuses anything else instead of running arbitrary code the way pickle would.
@@ -193,7 +194,7 @@ def load_skops(data: bytes) -> Any:
 
 def load_keras(data: bytes) -> Any:
     """A tf-keras model from the bytes of a native `.keras` file, in safe mode and without its optimizer."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    prepare_driver_environment()  # the legacy-Keras switch, before TensorFlow is first imported
     import tf_keras
 
     with tempfile.TemporaryDirectory(prefix="orchard-keras-") as folder:

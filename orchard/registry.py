@@ -49,6 +49,14 @@ class IntegrityError(RegistryError):
     """A stored file does not match the checksum recorded when it was registered."""
 
 
+DEFAULT_ALIAS = "production"
+
+
+def default_version(aliases: dict[str, int], versions: list[int]) -> int:
+    """The version that answers for a model when none is named: the production alias, else the latest."""
+    return aliases.get(DEFAULT_ALIAS, max(versions))
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     name: str
@@ -274,7 +282,7 @@ class ModelRegistry:
         if not versions:
             raise RegistryError(f"no model named {name!r} is registered")
         if reference is None:
-            return self.aliases(name).get("production", versions[-1])
+            return default_version(self.aliases(name), versions)
         if isinstance(reference, int) or str(reference).isdigit():
             version = int(reference)
             if version not in versions:

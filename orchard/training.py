@@ -278,8 +278,7 @@ class _KerasBlockEvaluator:
     """Loads the network once per actor and turns each block of test rows into evaluation sums."""
 
     def __init__(self, model: bytes, task: str, n_classes: int, train_mean: float | None):
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-        from orchard.predictor import load_keras
+        from orchard.predictor import load_keras  # sets the legacy-Keras switch before importing TensorFlow
 
         self.model = load_keras(model)
         self.task, self.n_classes, self.train_mean = task, n_classes, train_mean

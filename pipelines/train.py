@@ -18,7 +18,6 @@ import typer
 from orchard.config import OrchardConfig
 from orchard.output import emit, stdout_reserved_for_json
 from orchard.runtime import ray_session
-from orchard.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,9 @@ def run(config: OrchardConfig, models: list[str], *, dataset: str | None = None,
     a model that fails, or does not beat its baseline, is reported in its result
     (`registered: false` and `error`) and the next model still trains.
     """
+    # Imported here, not at the top: `orchard --help` imports this module and need not load pyarrow.
     from orchard.dnn import DnnSpec
+    from orchard.storage import Storage
     from orchard.training import BelowBaselineError, check_request, check_storage, get_spec, train_model
 
     storage = Storage(config.storage)

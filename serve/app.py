@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchard.config import OrchardConfig, normalize_storage_uri
 from orchard.predictor import InputError, Predictor, validate_instances
-from orchard.registry import ModelRegistry, RegistryError
+from orchard.registry import ModelRegistry, RegistryError, default_version
 from orchard.storage import Storage
 from serve import protocol
 
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 MAX_INSTANCES = 1000
 MAX_BODY_BYTES = 1_000_000
 ALIAS_TTL_S = 2.0
-DEFAULT_ALIAS = "production"
 
 api = FastAPI(title="Orchard prediction service", version="1",
               description="Versioned classifiers and regressors from the Orchard model registry.")
@@ -241,16 +240,19 @@ class PredictionService:
             self._log.close()
 
     # -- resolving a request to one version
+    def _stale(self, name: str) -> bool:
+        cached = self._aliases.get(name)
+        return cached is None or time.monotonic() - cached[0] > self._alias_ttl_s
+
     def _registry_view(self, name: str) -> tuple[dict[str, int], list[int]]:
         """The model's aliases and versions, read from the registry at most once per `alias_ttl_s`."""
-        cached = self._aliases.get(name)
-        if cached is None or time.monotonic() - cached[0] > self._alias_ttl_s:
+        if self._stale(name):
             versions = self._registry.versions(name)
             if not versions:
                 raise RegistryError(f"no model named {name!r} is registered")
-            cached = (time.monotonic(), self._registry.aliases(name), versions)
-            self._aliases[name] = cached
-        return cached[1], cached[2]
+            self._aliases[name] = (time.monotonic(), self._registry.aliases(name), versions)
+        _, aliases, versions = self._aliases[name]
+        return aliases, versions
 
     def _card(self, name: str, version: int) -> dict:
         key = (name, version)
@@ -270,16 +272,13 @@ class PredictionService:
                 total += share
                 if draw < total and alias in aliases:
                     return aliases[alias]
-        if DEFAULT_ALIAS in aliases:
-            return aliases[DEFAULT_ALIAS]
-        return max(versions)
+        return default_version(aliases, versions)
 
     async def _resolve(self, name: str, version: int | None) -> tuple[int, dict]:
         """`_choose` and the chosen version's card for the async endpoints, which share the replica's event loop
         with every connection: the registry is read in a thread, when a cache misses or is due."""
         if version is None:
-            cached = self._aliases.get(name)
-            if cached is None or time.monotonic() - cached[0] > self._alias_ttl_s:
+            if self._stale(name):
                 await asyncio.to_thread(self._registry_view, name)
             version = self._choose(name, None)
         if (name, version) not in self._cards:
@@ -291,7 +290,7 @@ class PredictionService:
         tags = {"model": name, "version": str(version), "protocol": protocol_name}
         try:
             validated = validate_instances(card["signature"], instances)
-            predictions = await self._run_model(f"{name}:{version}", validated)
+            predictions = await self._run_model(f"{name}:{version}", card["flavor"], validated)
         except InputError:
             self._metrics["errors"].inc(tags={"model": name, "protocol": protocol_name, "status": "422"})
             raise
@@ -304,12 +303,11 @@ class PredictionService:
             self._log.record(name, version, request_id, validated, predictions)
         return predictions, request_id
 
-    async def _run_model(self, model_id: str, instances: list[dict]) -> list:
+    async def _run_model(self, model_id: str, flavor: str, instances: list[dict]) -> list:
         """Predictions for rows `validate_instances` already checked against the version's signature."""
-        predictor = await self._get_model(model_id)
-        if predictor.model.flavor == "keras":
+        if flavor == "keras":
             return await self._predict_batched(model_id, instances)
-        return predictor.predict(instances, validated=True)
+        return (await self._get_model(model_id)).predict(instances, validated=True)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _predict_batched(self, model_ids: list[str], requests: list[list[dict]]) -> list[list]:
@@ -364,7 +362,7 @@ class PredictionService:
 
     @api.get("/v2/models/{name}/versions/{version}")
     def version_metadata(self, name: str, version: int) -> dict:
-        return protocol.model_metadata(name, [version], self._card(name, self._choose(name, version)))
+        return protocol.model_metadata(name, [version], self._card(name, version))
 
     @api.get("/v2/models/{name}/ready")
     def model_ready(self, name: str) -> dict:
@@ -372,7 +370,8 @@ class PredictionService:
 
     @api.get("/v2/models/{name}/versions/{version}/ready")
     def version_ready(self, name: str, version: int) -> dict:
-        return {"name": name, "version": str(self._choose(name, version)), "ready": True}
+        self._card(name, version)  # a 404 naming the version if it does not exist
+        return {"name": name, "version": str(version), "ready": True}
 
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, body: InferRequest):

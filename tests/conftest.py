@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import free_port, processes_mentioning
+from tests.helpers import answers, free_port, processes_mentioning
 
 
 def pytest_collection_modifyitems(items):
@@ -122,19 +122,13 @@ def ingress_url(request, serve_url):
         return serve_url
     if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "0":
         pytest.skip("the session's Ray runs without direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=0)")
-    import httpx
-
     from serve.app import replica_urls
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         urls = replica_urls()
-        if len(urls) == 1:
-            try:
-                if httpx.get(f"{urls[0]}/v2/health/live", timeout=5).status_code == 200:
-                    return urls[0]
-            except httpx.HTTPError:
-                pass
+        if len(urls) == 1 and answers(f"{urls[0]}/v2/health/live"):
+            return urls[0]
         time.sleep(0.2)
     raise AssertionError(f"the replica does not answer directly; its addresses: {replica_urls()}")
 

@@ -13,6 +13,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def answers(url: str) -> bool:
+    """Whether a GET of `url` gets a 200 now (a server that is not up yet, or refuses, is False)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def processes_mentioning(marker: str) -> list[tuple[int, str]]:
     """(pid, command line) of every live process whose command line or open files mention `marker`.
 

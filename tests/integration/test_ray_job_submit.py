@@ -168,9 +168,11 @@ def test_serve_deploy_of_the_shipped_config_serves_all_four_models(trained_by_jo
 
     import httpx
     import yaml
+    from ray.serve.schema import ServeInstanceDetails
 
     from orchard.predictor import Predictor
-    from tests.helpers import free_port
+    from serve.app import replica_addresses
+    from tests.helpers import answers, free_port
 
     returncode, logs, storage, _ = trained_by_job
     assert returncode == 0, logs[-3000:]
@@ -188,15 +190,14 @@ def test_serve_deploy_of_the_shipped_config_serves_all_four_models(trained_by_jo
         proxy = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            # Until its replica runs, the app's target group holds the proxy (`port`); then the replica's own port.
-            targets = [target for group in head_cluster.request("GET", "/api/serve/applications/")["target_groups"]
-                       if group["app_name"] == "orchard" and group["protocol"] == "HTTP"
-                       for target in group["targets"] if target["port"] != port]
-            if targets and _answers(f"{proxy}/v2/health/ready"):
+            # What a load balancer reads: Serve's target groups, from the dashboard's REST API.
+            details = ServeInstanceDetails(**head_cluster.request("GET", "/api/serve/applications/"))
+            targets = replica_addresses(details, "orchard")
+            if targets and answers(f"{proxy}/v2/health/ready"):
                 break
             time.sleep(1)
         assert len(targets) == 1, targets
-        direct = f"http://127.0.0.1:{targets[0]['port']}"  # the replica listens on the config's host
+        direct = targets[0]
 
         registry = ModelRegistry(storage)
         for name in ALL_MODELS:
@@ -209,12 +210,3 @@ def test_serve_deploy_of_the_shipped_config_serves_all_four_models(trained_by_jo
     finally:
         subprocess.run([serve_cli, "shutdown", "--yes", "--address", head_cluster.address],
                        env=head_cluster.env, capture_output=True, timeout=120)
-
-
-def _answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
