@@ -142,6 +142,8 @@ def main() -> None:
 
                 from serve.app import deploy, replica_urls
 
+                # The port picked now, not before the training above: Ray's servers take free ports meanwhile.
+                config = config.with_overrides(serve_port=free_port())
                 servers["serve-proxy"] = deploy(config, log_predictions=True)
                 _wait_for(servers["serve-proxy"])
                 direct = replica_urls(wait_s=30)

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
 
+# Ports for servers a test starts later: above Ray's worker ports (10002-19999), below Serve's direct-ingress ports
+# (30000-31000) and Linux's ephemeral range (32768-60999). A port the OS hands out (bind to 0) comes from that
+# range, where Ray's own servers and every outgoing connection also take ports: the session's Serve port, picked
+# minutes before Serve starts, was once taken by then ("Failed to bind to address").
+PORT_RANGE = range(20000, 30000)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports of PORT_RANGE free on every interface now."""
+    found: list[int] = []
+    for port in random.sample(PORT_RANGE, len(PORT_RANGE)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"fewer than {count} free ports in {PORT_RANGE}")
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def answers(url: str) -> bool:

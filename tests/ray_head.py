@@ -34,7 +34,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from typing import Iterator
 
 from orchard.config import LEGACY_KERAS_ENV
 from orchard.runtime import LOCAL_SERVE_ENV
-from tests.helpers import processes_mentioning
+from tests.helpers import free_ports, processes_mentioning
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ def ray_head_cluster(num_cpus: int = 2, *, working_dir: Path = PROJECT_ROOT,
     with os.fdopen(descriptor, "w") as token_file:
         token_file.write(secrets.token_hex(32))
     env = _cluster_environment(token_path)
-    gcs_port, dashboard_port, client_port, agent_port = _free_ports(4)
+    gcs_port, dashboard_port, client_port, agent_port = free_ports(4)
     command = [
         sys.executable, "-c", _FATE_SHARING_LAUNCHER, str(os.getpid()),
         _ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
@@ -231,15 +230,6 @@ def _cluster_environment(token_path: Path) -> dict[str, str]:
     # Serve as cluster.yaml's `ray start` runs it, with a replica's draining period shortened: no load balancer here.
     env.update(LOCAL_SERVE_ENV)
     return env
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on every interface (all held open together, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def _wait_until_ready(cluster: RayHeadCluster, process: subprocess.Popen, output_path: Path, gcs_port: int,
