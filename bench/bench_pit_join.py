@@ -294,7 +294,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     outputs_dir = config.work_dir / "pit-outputs"
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
-        configure_ray_data(quiet=True)  # progress bars off
+        configure_ray_data(progress_bars=False)
         # Orchard's drivers use the V1 Parquet reader (see configure_ray_data); --ray-datasource-v2 measures
         # Ray 2.60's default, which starts a pool of footer-reading actors for every read (~1 s each here).
         ray.data.DataContext.get_current().use_datasource_v2 = config.ray_datasource_v2

@@ -99,12 +99,13 @@ def _wait_for(url: str, timeout: float = 60) -> None:
 
 def prepare(storage_root: str) -> None:
     """Fruit data, its feature table and training dataset, and one registered decision tree."""
+    from fruit.generate import write_fruit
+
     from features.catalog import get_view
     from features.datasets import RandomSplit, create_training_dataset
     from features.pipeline import run_feature_pipeline
-    from features.synthetic import write_fruit
     from orchard.storage import Storage
-    from orchard.training import train_model
+    from training.trainer import train_model
 
     storage = Storage(storage_root)
     write_fruit(storage, rows=2000, seed=1)

@@ -28,10 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import typer
+from hotel.vacancy import BOOKING_COLUMNS, KEY_COLUMNS, VACANCY_SCHEMA
 
 from bench import common
-
-from features.aggregation import BOOKING_COLUMNS, KEY_COLUMNS, VACANCY_SCHEMA
 
 log = logging.getLogger("bench.weekly_vacancy")
 
@@ -130,8 +129,7 @@ def booking_files(config: BenchConfig) -> list[Path]:
 
 def run_orchard(files: list[Path], output: Path) -> None:
     import ray.data
-
-    from features.aggregation import weekly_vacancy
+    from hotel.vacancy import weekly_vacancy
 
     bookings = ray.data.read_csv(
         [str(f) for f in files],
@@ -286,7 +284,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     outputs_dir = config.work_dir / "outputs"
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
-        configure_ray_data(quiet=True)
+        configure_ray_data(progress_bars=False)
         # With reservation, Ray Data sets aside a share of the CPUs for every operator: on two
         # cores the write operator holds one for the whole run and read + partials get the other.
         ray.data.DataContext.get_current().op_resource_reservation_enabled = config.ray_reservation

@@ -3,7 +3,7 @@
     ORCHARD_BENCH_STORAGE=<root> python -m uvicorn bench.plain_server:app --port 8001
 
 It answers `POST /v1/models/{name}:predict` with the predictor the Serve app uses
-(`orchard.predictor.Predictor`: validation, stored transforms, the model), so the
+(`training.predictor.Predictor`: validation, stored transforms, the model), so the
 two servers differ only in what sits between the socket and the predictor.
 """
 
@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from orchard.predictor import InputError, Predictor
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
+from training.predictor import InputError, Predictor
 
 app = FastAPI(title="plain baseline")
 _registry = ModelRegistry(Storage(os.environ["ORCHARD_BENCH_STORAGE"]))

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from features.definitions import Aggregation, FeatureGroup
 from features.delta_sink import DeltaCommitSink
-from features.pipeline import RunReport, _record, new_run_id
+from features.runs import RunReport, new_run_id, record_run
 from features.store import OfflineStore
 from features.validation import check_expectations
 from orchard.storage import Storage
@@ -144,7 +144,7 @@ def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
 
     if done == upstream_version:
         log.info("%s: no new rows in %s", group.ref, upstream.ref)
-        return _record(storage, store, group, report())
+        return record_run(storage, store, group, report())
     new_files = store.files_added(upstream, since=done, until=upstream_version)
 
     rows_read, finished_ref, fitted = 0, None, None
@@ -183,4 +183,4 @@ def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
     sink = DeltaCommitSink(store.table_uri(group), group.schema, metadata, name=group.name,
                            crash_name="before_feature_commit")
     rows.write_datasink(sink)
-    return _record(storage, store, group, report(rows_read=rows_read, rows_written=rows.count()))
+    return record_run(storage, store, group, report(rows_read=rows_read, rows_written=rows.count()))

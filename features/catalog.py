@@ -1,19 +1,17 @@
-"""Finds feature groups by name and version across the domain modules."""
+"""Finds feature groups, feature views and data generators by name across the active projects.
+
+The engine imports no project: `orchard.projects` loads the configured ones,
+and this module collects their definitions by type. Two definitions with one
+name (and version) are an error that names both places.
+"""
 
 from __future__ import annotations
 
-import importlib
-
 from features.definitions import FeatureGroup
-
-DOMAIN_MODULES = ("features.fruit", "features.surf", "features.hotel")
-
-
-def all_groups() -> list[FeatureGroup]:
-    groups: list[FeatureGroup] = []
-    for module_name in DOMAIN_MODULES:
-        groups.extend(importlib.import_module(module_name).FEATURE_GROUPS)
-    return sorted(groups, key=lambda g: (g.name, g.version))
+from features.synthetic import DataGenerator
+from features.views import FeatureView
+from orchard.errors import UsageError
+from orchard.projects import collect, lookup
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -24,31 +22,50 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     try:
         return name, int(version)
     except ValueError:
-        raise ValueError(f"version in {ref!r} must be an integer") from None
+        raise UsageError(f"version in {ref!r} must be an integer") from None
+
+
+def _by_ref(found: dict, ref: str, what: str):
+    """The definition named by "name[:version]"; without a version, the newest."""
+    name, version = parse_ref(ref)
+    if version is not None:
+        return lookup(found, f"{name}:{version}", what)
+    versions = [key for key, item in found.items() if item.value.name == name]
+    if not versions:
+        lookup(found, name, what)  # raises, listing the known ones
+    return max((found[key].value for key in versions), key=lambda d: d.version)
+
+
+def _groups() -> dict:
+    return collect(FeatureGroup, lambda g: g.ref, "feature groups")
+
+
+def _views() -> dict:
+    return collect(FeatureView, lambda v: v.ref, "feature views")
+
+
+def all_groups() -> list[FeatureGroup]:
+    return sorted((item.value for item in _groups().values()), key=lambda g: (g.name, g.version))
 
 
 def get_group(ref: str) -> FeatureGroup:
     """The group named by "name[:version]"; without a version, the newest."""
-    name, version = parse_ref(ref)
-    matches = [g for g in all_groups() if g.name == name and (version is None or g.version == version)]
-    if not matches:
-        known = ", ".join(sorted({g.ref for g in all_groups()}))
-        raise KeyError(f"no feature group {ref!r}; known groups: {known}")
-    return matches[-1]
+    return _by_ref(_groups(), ref, "feature group")
 
 
-def all_views() -> list:
-    views = []
-    for module_name in DOMAIN_MODULES:
-        views.extend(getattr(importlib.import_module(module_name), "FEATURE_VIEWS", []))
-    return sorted(views, key=lambda v: (v.name, v.version))
+def all_views() -> list[FeatureView]:
+    return sorted((item.value for item in _views().values()), key=lambda v: (v.name, v.version))
 
 
-def get_view(ref: str):
+def get_view(ref: str) -> FeatureView:
     """The feature view named by "name[:version]"; without a version, the newest."""
-    name, version = parse_ref(ref)
-    matches = [v for v in all_views() if v.name == name and (version is None or v.version == version)]
-    if not matches:
-        known = ", ".join(sorted(v.ref for v in all_views()))
-        raise KeyError(f"no feature view {ref!r}; known views: {known}")
-    return matches[-1]
+    return _by_ref(_views(), ref, "feature view")
+
+
+def generators() -> dict[str, DataGenerator]:
+    """The active projects' development data generators, by name."""
+    return {name: item.value for name, item in collect(DataGenerator, lambda g: g.name, "data generators").items()}
+
+
+def get_generator(name: str) -> DataGenerator:
+    return lookup(collect(DataGenerator, lambda g: g.name, "data generators"), name, "data generator")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
 _ZONE_SUFFIX = r"(Z|z|[+-]\d\d:?\d\d)$"
 
 

@@ -31,6 +31,7 @@ from features.pit_join import AsOfSource, point_in_time_join
 from features.store import OfflineStore
 from features.transforms import TransformSet
 from features.views import FeatureView
+from orchard.errors import UsageError
 from orchard.storage import Storage
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ SPLITS = ("train", "validation", "test")
 SPLIT_COLUMN = "_split"
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """A training dataset cannot be built or found as asked."""
 
 
@@ -137,6 +138,15 @@ def dataset_versions(storage: Storage, view: FeatureView) -> list[int]:
     return sorted(int(n) for n in storage.list_dir(dataset_location(view)) if n.isdigit())
 
 
+def _keep_where(batch: pa.Table, where: dict[str, list]) -> pa.Table:
+    """The label rows whose columns hold one of the allowed values."""
+    keep = None
+    for column, values in where.items():
+        mask = pc.is_in(batch.column(column), value_set=pa.array(values, type=batch.column(column).type))
+        keep = mask if keep is None else pc.and_(keep, mask)
+    return batch.filter(keep)
+
+
 def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSplit | TimeSplit) -> dict:
     """Build, split, fit and publish a new version of the view's training dataset; returns its metadata."""
     view.check_sensitive()
@@ -147,7 +157,11 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
     label_columns = list(dict.fromkeys([*label.columns, label_time]))
     stored = {f.name for f in label.group.features}
     labels = store.read(label.group, version=versions[label.group.ref],
-                        columns=[c for c in dict.fromkeys([*label_columns, label.target, *label.reads]) if c in stored])
+                        columns=[c for c in dict.fromkeys([*label_columns, label.target, *label.reads, *label.where])
+                                 if c in stored])
+    if label.where:
+        labels = labels.map_batches(_keep_where, fn_kwargs={"where": {k: list(v) for k, v in label.where.items()}},
+                                    batch_format="pyarrow")
     if label.derive is not None:
         labels = labels.map_batches(label.derive, batch_format="pyarrow")
 
@@ -192,7 +206,8 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
         "view": view.ref,
         "description": view.description,
         "created_at": datetime.now(timezone.utc).isoformat(),
-        "label": {"group": label.group.ref, "target": label.target, "time": label_time, "columns": list(label.columns)},
+        "label": {"group": label.group.ref, "target": label.target, "time": label_time, "columns": list(label.columns),
+                  **({"where": {k: list(v) for k, v in label.where.items()}} if label.where else {})},
         "table_versions": versions,
         "split": rule,
         "rows": rows_per_split,

@@ -8,6 +8,8 @@ from typing import Any, Callable, Literal, Mapping
 
 import pyarrow as pa
 
+from orchard.errors import UsageError
+
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -15,7 +17,7 @@ EVENT_TIME_TYPE = pa.timestamp("us", tz="UTC")
 EVENT_DATE_COLUMN = "event_date"
 
 
-class DefinitionError(ValueError):
+class DefinitionError(UsageError):
     """A feature group or source is defined inconsistently."""
 
 

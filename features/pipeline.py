@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -30,35 +29,33 @@ import pyarrow.compute as pc
 
 from features.definitions import FeatureGroup, FileSource, SqlSource
 from features.delta_sink import DeltaCommitSink
-from features.ingest import (LINE_COLUMN, ORDER_COLUMN, RAW_COLUMN, REASON_COLUMN, SOURCE_COLUMN, SourceFile,
-                             bookkeeping_schema, parse_file, parse_sql_rows)
-from features.sql import (Database, check_text_watermarks, decode_watermark, encode_watermark, incremental_query,
-                          newest_null_row_id, newest_watermark, null_watermark_query, resolve_database)
+from features.ingest import (
+    LINE_COLUMN,
+    ORDER_COLUMN,
+    RAW_COLUMN,
+    REASON_COLUMN,
+    SOURCE_COLUMN,
+    SourceFile,
+    bookkeeping_schema,
+    parse_file,
+    parse_sql_rows,
+)
+from features.runs import RunReport, new_run_id, record_run
+from features.sql import (
+    Database,
+    check_text_watermarks,
+    decode_watermark,
+    encode_watermark,
+    incremental_query,
+    newest_null_row_id,
+    newest_watermark,
+    null_watermark_query,
+    resolve_database,
+)
 from features.store import QUARANTINE_SCHEMA, QUARANTINE_VERSION_KEY, RUN_ID_KEY, Checkpoint, OfflineStore
 from orchard.storage import Storage
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class RunReport:
-    group: str
-    run_id: str
-    files_read: int
-    files_quarantined: int
-    rows_read: int
-    rows_written: int
-    rows_quarantined: int
-    rows_duplicate: int
-    table_version: int | None
-    seconds: float
-    sql_sources_read: int = 0
-    kind: str = "ingest"
-    """"ingest" (sources -> rows; rows_read = written + quarantined + duplicate) or "aggregation"
-    (rows_read upstream rows folded into rows_written per-key totals)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def pending_files(storage: Storage, group: FeatureGroup, already: dict[str, str]) -> list[SourceFile]:
     """Source files not yet in the table, in a stable order (source, then path)."""
@@ -234,12 +231,9 @@ def _read_sql(read: _SqlRead, group: FeatureGroup):
     )
 
 
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-
-
 def run_feature_pipeline(storage: Storage, group: FeatureGroup, databases: Mapping[str, str] | None = None) -> RunReport:
     """One incremental run of a group's pipeline: its new source data, or for an aggregation, its upstream's."""
+    OfflineStore(storage).check_schema(group)
     if group.aggregation is not None:
         from features.aggregation_pipeline import run_aggregation
 
@@ -267,7 +261,7 @@ def run_feature_pipeline(storage: Storage, group: FeatureGroup, databases: Mappi
 
     if not files and not sql_reads:
         log.info("%s: no new source data", group.ref)
-        return _record(storage, store, group, report())
+        return record_run(storage, store, group, report())
 
     inputs = [_read_sql(read, group) for read in sql_reads]
     if files:
@@ -301,17 +295,8 @@ def run_feature_pipeline(storage: Storage, group: FeatureGroup, databases: Mappi
         DeltaCommitSink(store.table_uri(group), group.table_schema, metadata, name=group.name,
                         crash_name="before_feature_commit", partition_by=group.partition_columns)
     )
-    return _record(storage, store, group, report(
+    return record_run(storage, store, group, report(
         files_read=len(files), sql_sources_read=len(sql_reads), files_quarantined=files_unreadable,
         rows_read=rows_valid + rows_rejected - files_unreadable, rows_written=rows_written,
         rows_quarantined=rows_rejected - files_unreadable, rows_duplicate=rows_valid - rows_written,
     ))
-
-
-def _record(storage: Storage, store: OfflineStore, group: FeatureGroup, report: RunReport) -> RunReport:
-    """Keep every run's report next to the table; `last.json` is the newest."""
-    base = f"runs/{group.name}/v{group.version}"
-    if report.rows_read or report.files_read:  # a --follow loop polls often; empty runs only update last.json
-        storage.write_json(f"{base}/{report.run_id}.json", report.to_dict())
-    storage.write_json(f"{base}/last.json", report.to_dict())
-    return report

@@ -19,10 +19,11 @@ from typing import Any, Callable, Mapping
 from urllib.parse import quote, urlparse
 
 from features.definitions import SqlSource
+from orchard.errors import UsageError
 from orchard.storage import Storage
 
 
-class SqlSourceError(ValueError):
+class SqlSourceError(UsageError):
     """A SQL source cannot be reached or read as declared."""
 
 

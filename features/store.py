@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from features.definitions import FeatureGroup
+from orchard.errors import UsageError
 from orchard.storage import Storage
 
 if TYPE_CHECKING:
@@ -32,6 +33,15 @@ QUARANTINE_SCHEMA = pa.schema([
     pa.field("run_id", pa.string()),
     pa.field("quarantined_at", pa.timestamp("us", tz="UTC")),
 ])
+
+
+class SchemaChangedError(UsageError):
+    """A feature group's definition changed the columns of a version that already has a table."""
+
+
+def _delta_type(text: str) -> str:
+    """`PrimitiveType("long")` -> `long`."""
+    return text.split('"')[1] if text.count('"') == 2 else text
 
 
 @dataclass
@@ -188,6 +198,30 @@ class OfflineStore:
         if not self.quarantine_exists(group):
             return QUARANTINE_SCHEMA.empty_table()
         return DeltaTable(self.quarantine_uri(group)).to_pyarrow_table()
+
+    def schema_changes(self, group: FeatureGroup) -> list[str]:
+        """How the group's definition differs from its stored table's columns (names and types); [] if the
+        table is new or the same. Nullability is not compared: Delta keeps most columns nullable."""
+        if not self.exists(group):
+            return []
+        from deltalake import DeltaTable, Schema
+
+        stored = {f.name: str(f.type) for f in DeltaTable(self.table_uri(group)).schema().fields}
+        defined = {f.name: str(f.type) for f in Schema.from_arrow(group.table_schema).fields}
+        changes = [f"added column {name!r}" for name in defined if name not in stored]
+        changes += [f"removed column {name!r}" for name in stored if name not in defined]
+        changes += [f"column {name!r} changed type from {_delta_type(stored[name])} to {_delta_type(defined[name])}"
+                    for name in defined if name in stored and stored[name] != defined[name]]
+        return changes
+
+    def check_schema(self, group: FeatureGroup) -> None:
+        """Refuse a definition whose columns differ from the table its version already wrote."""
+        changes = self.schema_changes(group)
+        if changes:
+            raise SchemaChangedError(
+                f"feature group {group.ref} no longer matches its offline table {self.table_uri(group)}: "
+                f"{'; '.join(changes)}. A version's schema never changes: define the changed group as a new "
+                f"version (version={group.version + 1}), which gets a table of its own")
 
     def _require(self, group: FeatureGroup) -> None:
         if not self.exists(group):

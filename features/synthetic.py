@@ -1,6 +1,7 @@
-"""Synthetic raw data for the example domains, written into their landing areas.
+"""Development data generators: what a project's generator returns, and helpers for writing new days.
 
-Each call writes a new, later slice ("day") next to the ones already there, so
+A project may define `DataGenerator`s; `orchard generate NAME` runs one. Each
+call writes a new, later slice ("day") next to the ones already there, so
 running a generator again looks like new data arriving.
 """
 
@@ -9,25 +10,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from orchard.storage import Storage
 
 FIRST_DAY = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
-# (share, red, green, blue, diameter mm, density factor, smoothness): mean and spread.
-# Red apples sit beside oranges in red and beside green apples in size, so no
-# single straight line separates apples from oranges.
-_VARIETIES = {
-    "green_apple": dict(share=0.35, label="apple", rgb=((0.50, 0.08), (0.78, 0.07), (0.28, 0.06)),
-                        diameter=(74.0, 6.0), density=0.42, smoothness=(0.78, 0.08)),
-    "red_apple": dict(share=0.30, label="apple", rgb=((0.82, 0.07), (0.26, 0.08), (0.22, 0.06)),
-                      diameter=(77.0, 6.0), density=0.44, smoothness=(0.80, 0.08)),
-    "orange": dict(share=0.35, label="orange", rgb=((0.95, 0.04), (0.58, 0.07), (0.12, 0.05)),
-                   diameter=(80.0, 7.0), density=0.47, smoothness=(0.38, 0.10)),
-}
+
+@dataclass(frozen=True)
+class DataGenerator:
+    """A project's development data: `write(storage, rows=, seed=, bad_fraction=, databases=, [location=])`
+    writes one more day of raw data into the landing area its groups read, and returns a `GeneratedSlice`."""
+
+    name: str
+    write: Callable[..., "GeneratedSlice"]
+    description: str = ""
+    default_rows: int = 2000
 
 
 @dataclass(frozen=True)
@@ -39,35 +39,6 @@ class GeneratedSlice:
     bad_records: int = 0
     """Records deliberately made malformed (each must end up in quarantine)."""
     corrupt_files: tuple[str, ...] = ()
-
-
-def fruit_frame(rows: int, seed: int, start: datetime = FIRST_DAY) -> pd.DataFrame:
-    """Fruit measurements in the feature group's own units, one row per fruit."""
-    if rows < 1:
-        raise ValueError(f"rows must be at least 1, got {rows}")
-    rng = np.random.default_rng(seed)
-    names = list(_VARIETIES)
-    variety = rng.choice(names, size=rows, p=[_VARIETIES[n]["share"] for n in names])
-    frame = {key: np.empty(rows) for key in ("red", "green", "blue", "diameter_mm", "weight_g", "smoothness")}
-    for name in names:
-        spec, mask = _VARIETIES[name], variety == name
-        count = int(mask.sum())
-        for channel, (mean, spread) in zip(("red", "green", "blue"), spec["rgb"]):
-            frame[channel][mask] = np.clip(rng.normal(mean, spread, count), 0.0, 1.0)
-        diameter = rng.normal(*spec["diameter"], count).clip(45, 120)
-        frame["diameter_mm"][mask] = diameter
-        # Weight grows with volume (diameter cubed), with fruit-to-fruit variation.
-        frame["weight_g"][mask] = spec["density"] * (diameter / 10) ** 3 * rng.normal(1.0, 0.06, count)
-        frame["smoothness"][mask] = np.clip(rng.normal(*spec["smoothness"], count), 0.0, 1.0)
-    seconds = np.sort(rng.uniform(0, 86_400, rows))
-    measured_at = pd.to_datetime(start) + pd.to_timedelta(seconds, unit="s")
-    return pd.DataFrame({
-        "fruit_id": [f"f-{seed}-{start:%Y%m%d}-{i:06d}" for i in range(rows)],
-        "measured_at": measured_at.floor("ms"),
-        **{k: np.round(v, 4) for k, v in frame.items()},
-        "label": [_VARIETIES[v]["label"] for v in variety],
-        "variety": variety,
-    })
 
 
 def next_slice(storage: Storage, location: str) -> int:
@@ -99,75 +70,9 @@ def begin_day(storage: Storage, days_location: str, rows: int, seed: int, bad_fr
     return Day(number, FIRST_DAY + timedelta(days=number - 1), np.random.default_rng([seed, number]))
 
 
-_CSV_DAMAGE = (
-    lambda f: f[:5] + ["heavy"] + f[6:],        # a measurement that is not a number
-    lambda f: f[:2] + ["1.7"] + f[3:],          # red channel out of range
-    lambda f: [""] + f[1:],                     # missing fruit id
-    lambda f: f[:4],                            # truncated record
-    lambda f: f[:8] + ["banana"],               # label not allowed
-)
-_JSON_DAMAGE = (
-    lambda line: line[: len(line) // 2],                               # cut mid-record
-    lambda line: line.replace('"r":', '"r":"crimson","_r":', 1),       # colour as text
-    lambda line: line.replace('"ts":"', '"ts":"yesterday ', 1),        # unreadable time
-)
-
-
 def damage_lines(lines: list[str], fraction: float, rng: np.random.Generator, damages) -> tuple[list[str], int]:
     count = int(round(len(lines) * fraction))
     chosen = rng.choice(len(lines), size=count, replace=False) if count else []
     for position, index in enumerate(chosen):
         lines[index] = damages[position % len(damages)](lines[index])
     return lines, count
-
-
-def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str = "landing/fruit",
-                bad_fraction: float = 0.0, databases=None) -> GeneratedSlice:
-    """Write one day of fruit: half as the scale's CSV, half as the sorting line's JSON Lines.
-
-    With `bad_fraction` > 0 that share of records is damaged in the ways real
-    feeds break, and one more file is written that is not valid UTF-8 at all.
-    """
-    if not 0.0 <= bad_fraction <= 1.0:
-        raise ValueError(f"bad_fraction must be between 0 and 1, got {bad_fraction}")
-    rng = np.random.default_rng(seed + 7919)
-    day = next_slice(storage, location)
-    frame = fruit_frame(rows, seed=seed + day, start=FIRST_DAY + timedelta(days=day - 1))
-    frame = frame.drop(columns=["variety"])
-    folder = f"{location}/day-{day:04d}"
-    half = rows // 2
-    scale = frame.iloc[:half]
-    sorting_line = frame.iloc[half:].rename(columns={
-        "fruit_id": "id", "measured_at": "ts", "red": "r", "green": "g", "blue": "b",
-        "weight_g": "weight_kg", "diameter_mm": "diameter_cm", "smoothness": "smooth", "label": "class",
-    })
-    sorting_line = sorting_line.assign(
-        weight_kg=sorting_line["weight_kg"] / 1000.0, diameter_cm=sorting_line["diameter_cm"] / 10.0
-    )
-    files, bad = [], 0
-    if len(scale):
-        text = scale.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%f")
-        header, *records = text.rstrip("\n").split("\n")
-        fields, damaged = damage_lines([r.split(",") for r in records], bad_fraction, rng, _CSV_DAMAGE)
-        bad += damaged
-        storage.write_bytes(f"{folder}/scale.csv", ("\n".join([header, *map(",".join, fields)]) + "\n").encode())
-        files.append(f"{folder}/scale.csv")
-    if len(sorting_line):
-        text = sorting_line.to_json(orient="records", lines=True, date_format="iso", date_unit="ms")
-        lines, damaged = damage_lines(text.rstrip("\n").split("\n"), bad_fraction, rng, _JSON_DAMAGE)
-        bad += damaged
-        storage.write_bytes(f"{folder}/sorting_line.jsonl", ("\n".join(lines) + "\n").encode())
-        files.append(f"{folder}/sorting_line.jsonl")
-    corrupt = ()
-    if bad_fraction > 0:
-        corrupt = (f"{folder}/sorting_line_retry.jsonl",)
-        storage.write_bytes(corrupt[0], b"\xff\xfe" + rng.bytes(256))
-    return GeneratedSlice("fruit", folder, tuple(files) + corrupt, rows, bad, corrupt)
-
-
-def generators() -> dict:
-    """Data generator by domain name."""
-    from features.synthetic_hotel import write_hotel
-    from features.synthetic_surf import write_surf
-
-    return {"fruit": write_fruit, "surf": write_surf, "hotel": write_hotel}

@@ -145,7 +145,7 @@ class Transform:
             raise ValueError(f"{where} 'format' must be {FORMAT_NAME!r}, got {data['format']!r}")
         if data["format_version"] != FORMAT_VERSION or isinstance(data["format_version"], bool):
             raise ValueError(f"{where} 'format_version' must be {FORMAT_VERSION}, got {data['format_version']!r}")
-        kind = _TRANSFORM_TYPES.get(data["type"]) if isinstance(data["type"], str) else None
+        kind = _transform_type(data["type"]) if isinstance(data["type"], str) else None
         if kind is None:
             raise ValueError(f"{where} 'type' must be one of {', '.join(_TRANSFORM_TYPES)}, got {data['type']!r}")
         if cls is not Transform and kind is not cls:
@@ -477,9 +477,45 @@ class LabelEncoder(_CategoryTransform):
         return _replace_column(table, self.column, [(self.column, labels)], repr(self))
 
 
-_TRANSFORM_TYPES: dict[str, type[Transform]] = {
-    kind.__name__: kind for kind in (MinMaxScaler, StandardScaler, OneHotEncoder, LabelEncoder)
-}
+_TRANSFORM_TYPES: dict[str, type[Transform]] = {}
+
+
+def register_transform(kind: type[Transform]) -> type[Transform]:
+    """Class decorator: make a Transform subclass loadable from its JSON by its class name.
+
+    A project's own transformation subclasses `Transform`, fills in `_partial`,
+    `_merge`, `_check_state`, `_learn` and `_apply` (and `_param_names`/`_params`
+    for constructor arguments), and registers itself with this decorator. Its
+    fitted state is stored as JSON like the built-in ones' and is found again
+    by name when a dataset or a model version is loaded, in any process that
+    loads the project; nothing is pickled.
+    """
+    if not (isinstance(kind, type) and issubclass(kind, Transform)) or kind is Transform:
+        raise TypeError(f"register_transform takes a subclass of Transform, got {kind!r}")
+    name = kind.__name__
+    known = _TRANSFORM_TYPES.get(name)
+    if known is not None and known is not kind and _qualified(known) != _qualified(kind):
+        raise ValueError(f"two transforms named {name!r}: {_qualified(known)} and {_qualified(kind)}; "
+                         "rename one of the classes")
+    _TRANSFORM_TYPES[name] = kind
+    return kind
+
+
+def _qualified(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _transform_type(name: str) -> type[Transform] | None:
+    """The registered class for `name`, loading the active projects first if it is not known yet."""
+    if name not in _TRANSFORM_TYPES:
+        from orchard.projects import active_modules
+
+        active_modules()  # a project's transforms register themselves when its modules are imported
+    return _TRANSFORM_TYPES.get(name)
+
+
+for _builtin in (MinMaxScaler, StandardScaler, OneHotEncoder, LabelEncoder):
+    register_transform(_builtin)
 
 
 # -- several transforms, fitted in one pass

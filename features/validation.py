@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from typing import Iterable
 
 from features.definitions import Feature, FeatureGroup
 

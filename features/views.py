@@ -38,6 +38,8 @@ class Label:
     derive: Callable[[pa.Table], pa.Table] | None = None
     reads: tuple[str, ...] = ()
     """Further label-group columns `derive` needs; read, then left out of the dataset."""
+    where: Mapping[str, tuple] = field(default_factory=dict)
+    """Keep only label rows whose column holds one of the listed values (`{"label": ("apple",)}`)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,13 @@ class FeatureView:
         for column in (*self.label.columns, self.label.group.event_time):
             if column not in label_names and self.label.derive is None:
                 raise DefinitionError(f"feature view {self.name!r}: label group has no column {column!r}")
+        for column, values in self.label.where.items():
+            if column not in label_names:
+                raise DefinitionError(f"feature view {self.name!r}: label filter on {column!r}, which the label group "
+                                      f"{self.label.group.ref} does not have")
+            if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)) or not values:
+                raise DefinitionError(f"feature view {self.name!r}: label filter on {column!r} must list the values "
+                                      f"to keep, got {values!r}")
         outputs = list(dict.fromkeys([*self.label.columns, self.label.group.event_time, self.label.target,
                                       *self.label.reads]))
         for selection in self.selections:

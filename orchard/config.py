@@ -18,10 +18,14 @@ DEFAULT_STORAGE = "orchard-data"
 # TensorFlow must see this before it is first imported, in the driver and in
 # every Ray worker: Keras 3 fails inside MultiWorkerMirroredStrategy, tf-keras works.
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
+# Whether the libraries' own logs are shown (--verbose), for every process of a job (see orchard.runtime).
+VERBOSE_ENV = "ORCHARD_VERBOSE"
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or malformed."""
+from orchard.errors import ConfigError
+from orchard.projects import PROJECTS_ENV, ProjectRef, configured, shipped_folder
+
+__all__ = ["ConfigError", "OrchardConfig", "normalize_storage_uri"]
 
 
 def normalize_storage_uri(value: str, cwd: Path | None = None) -> str:
@@ -84,6 +88,10 @@ class OrchardConfig:
     """Further environment variables for every Ray worker."""
     databases: Mapping[str, str] = field(default_factory=dict, repr=False)
     """SQL connection URLs by database name, from ORCHARD_SQL_<NAME> (kept out of repr: they may hold passwords)."""
+    projects: tuple[ProjectRef, ...] = ()
+    """The user's projects to load (`orchard.projects`): --project, else ORCHARD_PROJECTS, else pyproject.toml."""
+    verbose: bool = False
+    """Show Ray's and the libraries' own logs (--verbose); otherwise a healthy run prints only Orchard's output."""
 
     @classmethod
     def from_sources(
@@ -95,6 +103,9 @@ class OrchardConfig:
         num_cpus: int | None = None,
         serve_host: str | None = None,
         serve_port: int | None = None,
+        projects: list[str] | tuple[str, ...] | None = None,
+        cwd: Path | None = None,
+        verbose: bool = False,
     ) -> "OrchardConfig":
         """Build the configuration: flags win over ORCHARD_* variables, which win over defaults."""
         env = os.environ if env is None else env
@@ -111,6 +122,8 @@ class OrchardConfig:
             serve_host=serve_host or env.get("ORCHARD_SERVE_HOST") or "127.0.0.1",
             serve_port=port if port is not None else 8000,
             databases=databases_from(env),
+            projects=configured(projects, env, cwd or Path.cwd()),
+            verbose=verbose or env.get(VERBOSE_ENV) == "1",
         )
 
     def with_overrides(self, **changes) -> "OrchardConfig":
@@ -121,7 +134,15 @@ class OrchardConfig:
     def runtime_env(self) -> dict:
         """The Ray runtime env every Orchard job and worker runs with."""
         env_vars = {**LEGACY_KERAS_ENV, "ORCHARD_STORAGE": self.storage, **self.extra_env}
-        return {"env_vars": env_vars}
+        env_vars[VERBOSE_ENV] = "1" if self.verbose else "0"
+        runtime_env: dict = {"env_vars": env_vars}
+        if self.projects:
+            # Workers import the projects by module name; folders that are not installed travel with the job.
+            env_vars[PROJECTS_ENV] = ":".join(ref.module for ref in self.projects)
+            folders = [folder for folder in map(shipped_folder, self.projects) if folder]
+            if folders:
+                runtime_env["py_modules"] = folders
+        return runtime_env
 
     def serve_url(self) -> str:
         host = "127.0.0.1" if self.serve_host in ("0.0.0.0", "::") else self.serve_host

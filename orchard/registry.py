@@ -32,8 +32,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
 
-from orchard.evaluation import HIGHER_IS_BETTER
+from orchard.errors import StateError, UsageError
 from orchard.storage import Storage
+
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "r2": True, "mae": False, "rmse": False, "mse": False,
+                    "loss": False}
+"""Which way each metric is better: the registry's best version, and training's comparison with the baseline."""
 
 MODEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -41,12 +45,17 @@ RESERVED_FILES = {"model.json", "manifest.json"}
 CLAIM_ATTEMPTS = 100
 
 
-class RegistryError(RuntimeError):
-    """A registry operation was refused or found inconsistent data."""
+class RegistryError(UsageError):
+    """A registry operation was refused: a model, version or alias that is not there, or a malformed name."""
+
+    http_status = 404
 
 
 class IntegrityError(RegistryError):
-    """A stored file does not match the checksum recorded when it was registered."""
+    """Stored files do not match what was registered (a checksum, a missing file, a malformed card)."""
+
+    exit_code = StateError.exit_code
+    http_status = StateError.http_status
 
 
 DEFAULT_ALIAS = "production"
@@ -78,7 +87,7 @@ class ModelVersion:
 
     def _card_entry(self, key: str) -> Any:
         if key not in self.card:
-            raise RegistryError(f"model {self.name}:{self.version}: its card (model.json) has no {key!r}")
+            raise IntegrityError(f"model {self.name}:{self.version}: its card (model.json) has no {key!r}")
         return self.card[key]
 
 
@@ -298,7 +307,7 @@ class ModelRegistry:
         location = f"{self._folder(name, version)}/model.json"
         card = _json_loads(self.read_file(name, version, "model.json"), location)
         if not isinstance(card, dict):
-            raise RegistryError(f"{location} must hold a JSON object, not {type(card).__name__}")
+            raise IntegrityError(f"{location} must hold a JSON object, not {type(card).__name__}")
         return ModelVersion(name, version, card)
 
     def read_file(self, name: str, version: int, file_name: str) -> bytes:
@@ -327,7 +336,7 @@ class ModelRegistry:
         location = f"{self._folder(name, version)}/manifest.json"
         manifest = _json_loads(self._read_stored(name, version, "manifest.json"), location)
         if not isinstance(manifest, dict):
-            raise RegistryError(f"{location} must hold a JSON object of file name to SHA-256")
+            raise IntegrityError(f"{location} must hold a JSON object of file name to SHA-256")
         return manifest
 
     def _read_stored(self, name: str, version: int, file_name: str) -> bytes:
@@ -338,7 +347,7 @@ class ModelRegistry:
         except FileNotFoundError:
             if not self.storage.exists(folder):
                 raise RegistryError(f"model {name!r} has no version {version}") from None
-            raise RegistryError(f"model {name}:{version} is incomplete: {folder}/{file_name} is missing") from None
+            raise IntegrityError(f"model {name}:{version} is incomplete: {folder}/{file_name} is missing") from None
 
 
 def _test_metrics(card: Mapping[str, Any]) -> dict[str, Any]:
@@ -360,4 +369,4 @@ def _json_loads(data: bytes, where: str) -> Any:
     try:
         return json.loads(data)
     except json.JSONDecodeError as error:
-        raise RegistryError(f"{where} is not valid JSON: {error}") from None
+        raise IntegrityError(f"{where} is not valid JSON: {error}") from None

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import threading
 from typing import Iterator
 
-from orchard.config import LEGACY_KERAS_ENV, OrchardConfig
+from orchard.config import LEGACY_KERAS_ENV, VERBOSE_ENV, OrchardConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,45 @@ SERVE_ENV = {
 LOCAL_SERVE_ENV = {**SERVE_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
-def prepare_driver_environment() -> None:
-    """Set what must be set in this process before TensorFlow is first imported."""
+_NOISY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune", "ray._private", "tensorflow", "absl")
+_stderr_lock = threading.Lock()
+_local_ray_started = threading.Event()
+
+
+def prepare_driver_environment(verbose: bool | None = None) -> None:
+    """Set what must be set in this process before TensorFlow is first imported; with `verbose` given, whether
+    this process shows the libraries' own logs (`quiet_native_stderr`)."""
     for name, value in LEGACY_KERAS_ENV.items():
         os.environ.setdefault(name, value)
+    if verbose is not None:
+        os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Send what native code writes to stderr to /dev/null for the body, unless this process runs verbose.
+
+    TensorFlow's C++ side logs through absl before its logging is set up, so no environment variable silences it
+    (TF_CPP_MIN_LOG_LEVEL no longer does in 2.21): importing it on a machine without a GPU prints "Could not find
+    cuda drivers", "failed call to cuInit", oneDNN and CPU-instruction notices. Orchard wraps its TensorFlow
+    import and device start-up in this; a Python exception raised inside still reaches stderr once it is restored.
+    """
+    if os.environ.get(VERBOSE_ENV) == "1" or not _stderr_lock.acquire(blocking=False):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+    finally:
+        _stderr_lock.release()
 
 
 def prepare_local_cluster_environment() -> None:
@@ -52,17 +89,20 @@ def ray_session(config: OrchardConfig, *, quiet: bool = False) -> Iterator[None]
     """Run the body inside a Ray connection built from `config`.
 
     If Ray is already initialised in this process (a test session, a Ray job
-    driver), it is reused and left running.
+    driver), it is reused and left running. `quiet`: the command prints one
+    JSON document, so no progress bars. Unless `config.verbose`, Ray's and the
+    libraries' own logs stay out of the output: only errors reach it.
     """
     import ray
 
-    prepare_driver_environment()
+    prepare_driver_environment(config.verbose)
     if ray.is_initialized():
         yield
         return
     kwargs: dict = {"runtime_env": config.runtime_env(), "include_dashboard": False}
-    if quiet:
-        kwargs.update(logging_level=logging.WARNING, log_to_driver=False)
+    if not config.verbose:
+        kwargs.update(logging_level=logging.ERROR, log_to_driver=False)
+        quiet_library_loggers()
     if config.ray_address:
         kwargs["address"] = config.ray_address
         kwargs.pop("include_dashboard")
@@ -77,14 +117,31 @@ def ray_session(config: OrchardConfig, *, quiet: bool = False) -> Iterator[None]
         if config.num_cpus is not None:
             kwargs["num_cpus"] = config.num_cpus
     ray.init(**kwargs)
-    configure_ray_data(quiet=quiet)
+    if kwargs.get("address") == "local":
+        _local_ray_started.set()
+    configure_ray_data(progress_bars=config.verbose or (not quiet and sys.stderr.isatty()))
+    if not config.verbose:
+        quiet_library_loggers()  # again: importing Ray Data sets its own loggers' levels
     try:
         yield
     finally:
         ray.shutdown()
+        _local_ray_started.clear()
 
 
-def configure_ray_data(*, quiet: bool) -> None:
+def owns_local_ray() -> bool:
+    """Whether this process started the Ray it is connected to (`ray_session` with no cluster address): its
+    shutdown then stops every Ray process, Serve's included."""
+    return _local_ray_started.is_set()
+
+
+def quiet_library_loggers() -> None:
+    """Only errors from Ray's Python loggers (its notices about CPUs in use, progress bars, token set-up)."""
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def configure_ray_data(*, progress_bars: bool) -> None:
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -92,7 +149,4 @@ def configure_ray_data(*, quiet: bool) -> None:
     # about a second for it, whatever the input's size; the V1 reader measured 3x faster on bench/bench_pit_join.py
     # (four Parquet inputs: 1.1 s of reading instead of 4.6 s on 2 CPUs).
     context.use_datasource_v2 = False
-    if quiet:
-        context.enable_progress_bars = False
-        for name in ("ray.data", "ray.serve"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    context.enable_progress_bars = progress_bars

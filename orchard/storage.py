@@ -17,8 +17,10 @@ from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
+from orchard.errors import OrchardError
 
-class StorageError(RuntimeError):
+
+class StorageError(OrchardError):
     """A storage operation failed; the message names the path."""
 
 

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 import typer
 
 from features.catalog import get_view
@@ -13,6 +15,7 @@ from orchard.config import OrchardConfig
 from orchard.output import emit, stdout_reserved_for_json
 from orchard.runtime import ray_session
 from orchard.storage import Storage
+from pipelines import options
 
 SPLIT_HELP = ("'random:TRAIN,VALIDATION,TEST' fractions (default random:0.7,0.15,0.15) or "
               "'time:VALIDATION_FROM,TEST_FROM' as ISO times in UTC.")
@@ -29,12 +32,14 @@ def main(
     view: str = typer.Argument(..., help="Feature view as name[:version]; the newest version if omitted."),
     split: str = typer.Option(None, "--split", help=SPLIT_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of the random split."),
-    storage: str = typer.Option(None, "--storage", help="Storage root URI (default: $ORCHARD_STORAGE or ./orchard-data)."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Join this Ray cluster instead of starting a local one."),
+    storage: Optional[str] = options.STORAGE,
+    ray_address: Optional[str] = options.RAY_ADDRESS,
+    projects: Optional[List[str]] = options.PROJECT,
+    verbose: bool = options.VERBOSE,
     as_json: bool = typer.Option(False, "--json", help="Print the dataset's metadata as one JSON document."),
 ) -> None:
     """Create a new version of a feature view's training dataset."""
-    config = OrchardConfig.from_sources(storage=storage, ray_address=ray_address)
+    config = options.load_config(storage=storage, ray_address=ray_address, projects=projects, verbose=verbose)
     with stdout_reserved_for_json(as_json):
         metadata = run(config, view, split, seed, quiet=as_json)
     emit(metadata, as_json=as_json)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Callable
+from typing import Callable, List, Optional
 
 import typer
 
@@ -18,6 +18,7 @@ from orchard.config import OrchardConfig
 from orchard.output import emit, stdout_reserved_for_json
 from orchard.runtime import ray_session
 from orchard.storage import Storage
+from pipelines import options
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,16 @@ def follow(config: OrchardConfig, group_ref: str, interval: float, on_report: Ca
 
 def main(
     group: str = typer.Argument(..., help="Feature group as name[:version]; the newest version if omitted."),
-    storage: str = typer.Option(None, "--storage", help="Storage root URI (default: $ORCHARD_STORAGE or ./orchard-data)."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Join this Ray cluster instead of starting a local one."),
+    storage: Optional[str] = options.STORAGE,
+    ray_address: Optional[str] = options.RAY_ADDRESS,
+    projects: Optional[List[str]] = options.PROJECT,
+    verbose: bool = options.VERBOSE,
     follow_: bool = typer.Option(False, "--follow", help="Keep running and pick up new data until Ctrl-C or SIGTERM."),
     interval: float = typer.Option(10.0, "--interval", min=0, help="Seconds between runs with --follow."),
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON (one line per run with --follow)."),
 ) -> None:
     """Run the feature pipeline of one feature group."""
-    run_command(OrchardConfig.from_sources(storage=storage, ray_address=ray_address), group, follow_=follow_,
+    run_command(options.load_config(storage=storage, ray_address=ray_address, projects=projects, verbose=verbose), group, follow_=follow_,
                 interval=interval, as_json=as_json)
 
 

@@ -18,6 +18,7 @@ import typer
 from orchard.config import OrchardConfig
 from orchard.output import emit, stdout_reserved_for_json
 from orchard.runtime import ray_session
+from pipelines import options
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,28 @@ def run(config: OrchardConfig, models: list[str], *, dataset: str | None = None,
     (`registered: false` and `error`) and the next model still trains.
     """
     # Imported here, not at the top: `orchard --help` imports this module and need not load pyarrow.
-    from orchard.dnn import DnnSpec
     from orchard.storage import Storage
-    from orchard.training import BelowBaselineError, check_request, check_storage, get_spec, train_model
+    from training.catalog import get_spec
+    from training.flavors import FlavorError, TrainOptions
+    from training.trainer import BelowBaselineError, check_request, check_storage, train_model
 
     storage = Storage(config.storage)
     check_storage(storage)
-    # --gpu and --epochs apply to the networks among the models (to every model when none is a network, so that
-    # asking them of a decision tree alone is refused by check_request).
-    networks = [name for name in models if isinstance(get_spec(name), DnnSpec)]
+
+    def accepts(name: str) -> bool:
+        spec = get_spec(name)
+        try:
+            spec.flavor.check_options(spec, TrainOptions(gpu=gpu, epochs=epochs))
+        except FlavorError:
+            return False
+        return True
+
+    # --gpu and --epochs apply to the models whose flavor takes them (networks); to every model when none does,
+    # so that asking them of a decision tree alone is refused by check_request.
+    takers = [name for name in models if accepts(name)]
     options = {}
     for name in models:
-        applies = name in networks or not networks
+        applies = name in takers or not takers
         options[name] = {"gpu": gpu, "epochs": epochs} if applies else {"gpu": False, "epochs": None}
         check_request(get_spec(name), dataset=dataset, **options[name])
     results = []
@@ -66,16 +77,13 @@ def run(config: OrchardConfig, models: list[str], *, dataset: str | None = None,
 
 def run_command(config: OrchardConfig, models: list[str], *, as_json: bool, **options) -> None:
     """What `orchard train` and this module's command do: train, print, exit 1 if a model was not registered."""
-    from features.datasets import DatasetError
-    from orchard.model_data import ModelDataError
-    from orchard.registry import RegistryError
-    from orchard.training import TrainingError
+    from orchard.errors import UsageError
 
     try:
         with stdout_reserved_for_json(as_json):
             results = run(config, models, quiet=as_json, **options)
-    except (KeyError, DatasetError, ModelDataError, RegistryError, TrainingError) as error:
-        raise typer.BadParameter(str(error).strip('"')) from None
+    except UsageError as error:  # a bad name or option, found before anything trained
+        raise typer.BadParameter(str(error)) from None
     emit(results[0] if len(results) == 1 else results, as_json=as_json,
          human=lambda _: "\n".join(_human(result) for result in results))
     failed = [r["model"] for r in results if not r["registered"]]
@@ -101,12 +109,14 @@ def main(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of a network (default: its spec's)."),
     force: bool = typer.Option(False, "--force", help="Register even a model that does not beat its baseline."),
     alias: Optional[str] = typer.Option(None, "--alias", help="Point this alias (e.g. production) at the new version."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Storage root URI (default: $ORCHARD_STORAGE or ./orchard-data)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster instead of starting a local one."),
+    storage: Optional[str] = options.STORAGE,
+    ray_address: Optional[str] = options.RAY_ADDRESS,
+    projects: Optional[List[str]] = options.PROJECT,
+    verbose: bool = options.VERBOSE,
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON document (a list for several models)."),
 ) -> None:
     """Train models and register the ones that beat their baselines."""
-    config = OrchardConfig.from_sources(storage=storage, ray_address=ray_address)
+    config = options.load_config(storage=storage, ray_address=ray_address, projects=projects, verbose=verbose)
     run_command(config, models, as_json=as_json, dataset=dataset, workers=workers, gpu=gpu, epochs=epochs,
                 force=force, alias=alias)
 

@@ -42,10 +42,12 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchard.config import OrchardConfig, normalize_storage_uri
-from orchard.predictor import InputError, Predictor, validate_instances
+from orchard.errors import OrchardError
 from orchard.registry import ModelRegistry, RegistryError, default_version
 from orchard.storage import Storage
 from serve import protocol
+from training.flavors import flavor_class
+from training.predictor import InputError, Predictor, validate_instances
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +79,11 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-@api.exception_handler(InputError)
-async def _input_error(_request, error: InputError):
-    return _error(422, str(error))
-
-
-@api.exception_handler(RegistryError)
-async def _registry_error(_request, error: RegistryError):
-    return _error(404, str(error))
+@api.exception_handler(OrchardError)
+async def _orchard_error(_request, error: OrchardError):
+    """Every error Orchard raises carries its HTTP status (`orchard.errors`): a bad instance 422, an unknown model
+    or version 404, a damaged stored model 500."""
+    return _error(error.http_status, str(error))
 
 
 @api.exception_handler(RequestValidationError)
@@ -305,7 +304,7 @@ class PredictionService:
 
     async def _run_model(self, model_id: str, flavor: str, instances: list[dict]) -> list:
         """Predictions for rows `validate_instances` already checked against the version's signature."""
-        if flavor == "keras":
+        if flavor_class(flavor).batch_requests:
             return await self._predict_batched(model_id, instances)
         return (await self._get_model(model_id)).predict(instances, validated=True)
 
@@ -448,6 +447,16 @@ def replica_addresses(details, name: str) -> list[str]:
             address = f"[{address}]" if ":" in address else address
             urls.append(f"http://{address}:{target.port}{group.route_prefix.rstrip('/')}")
     return urls
+
+
+def stop_serving() -> None:
+    """Shut the application down where it outlives this process (a cluster); on a local Ray this process
+    started, leave it to `ray.shutdown`, which stops Serve with everything else (Serve's own shutdown prints a
+    spurious "Task ServeController.graceful_shutdown failed" there, as its controller exits under the call)."""
+    from orchard.runtime import owns_local_ray
+
+    if not owns_local_ray():
+        serve.shutdown()
 
 
 def deploy(config: OrchardConfig, *, name: str = "orchard", route_prefix: str = "/", **args: Any) -> str:

@@ -3,7 +3,7 @@
 A V2 request carries one tensor per input (`name`, `shape`, `datatype`,
 row-major `data`); Orchard's models take rows of named raw feature values. These
 functions convert between the two and describe a model version as V2 metadata.
-They only reshape: the values are validated by `orchard.predictor`, the same
+They only reshape: the values are validated by `training.predictor`, the same
 as for the simple JSON endpoint, so both protocols refuse the same inputs.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from orchard.predictor import InputError
+from training.flavors import flavor_class
+from training.predictor import InputError
 
 # The V2 datatypes a request may use for each signature datatype.
 ACCEPTED_DATATYPES = {
@@ -20,7 +21,6 @@ ACCEPTED_DATATYPES = {
     "BYTES": {"BYTES"},
     "BOOL": {"BOOL"},
 }
-PLATFORMS = {"sklearn": "scikit-learn_skops", "keras": "tensorflow_keras"}
 
 
 def instances_from_tensors(signature: Mapping[str, Any], inputs: Any, max_instances: int) -> list[dict]:
@@ -79,7 +79,7 @@ def _flatten(data: Any, where: str) -> list:
 
 
 def output_tensors(signature: Mapping[str, Any], predictions: Sequence[Any]) -> list[dict]:
-    """Predictions of `orchard.predictor.Predictor.predict` as V2 output tensors."""
+    """Predictions of `training.predictor.Predictor.predict` as V2 output tensors."""
     rows = len(predictions)
     if signature["task"] == "classification":
         classes = list(signature["classes"])
@@ -99,7 +99,7 @@ def model_metadata(name: str, versions: Sequence[int], card: Mapping[str, Any]) 
     return {
         "name": name,
         "versions": [str(v) for v in versions],
-        "platform": PLATFORMS.get(card.get("flavor"), str(card.get("flavor"))),
+        "platform": card.get("platform") or flavor_class(card["flavor"]).v2_platform,
         "inputs": [{"name": i["name"], "datatype": i.get("datatype", "FP64"), "shape": [-1]}
                    for i in signature["inputs"]],
         "outputs": [{"name": o["name"], "datatype": o["datatype"], "shape": list(o["shape"])} for o in outputs],

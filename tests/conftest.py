@@ -9,7 +9,13 @@ import time
 
 import pytest
 
-from tests.helpers import answers, free_port, processes_mentioning
+from orchard.projects import activate, from_pyproject
+from tests.helpers import REPOSITORY, answers, free_port, processes_mentioning
+
+# The example projects (examples/: fruit, surf, hotel) as this repository's pyproject.toml lists them: engine tests
+# use them as fixtures, and test modules import their definitions (`from fruit.groups import ...`).
+EXAMPLE_PROJECTS = from_pyproject(REPOSITORY)
+activate(EXAMPLE_PROJECTS)
 
 
 def pytest_collection_modifyitems(items):
@@ -42,7 +48,8 @@ def ray_temp():
 def session_config(session_storage):
     from orchard.config import OrchardConfig
 
-    return OrchardConfig.from_sources(env={}, storage=session_storage, num_cpus=2, serve_port=free_port())
+    return OrchardConfig.from_sources(env={}, storage=session_storage, num_cpus=2, serve_port=free_port(),
+                                      projects=[ref.folder for ref in EXAMPLE_PROJECTS])
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +67,7 @@ def ray_cluster(session_config, ray_temp_dir):
         runtime_env=session_config.runtime_env(),
         _temp_dir=ray_temp_dir,
     )
-    configure_ray_data(quiet=True)
+    configure_ray_data(progress_bars=False)
     yield
     ray.shutdown()
     deadline = time.monotonic() + 30
@@ -72,12 +79,13 @@ def ray_cluster(session_config, ray_temp_dir):
 
 def prepare_domains(storage, *, fruit_rows: int = 1500, surf_rows: int = 600) -> None:
     """One day of fruit and surf data, their feature tables and a training dataset per view (version 1)."""
+    from fruit.generate import write_fruit
+    from surf.generate import write_surf
+    from surf.groups import FEATURE_GROUPS as SURF_GROUPS
+
     from features.catalog import get_view
     from features.datasets import RandomSplit, create_training_dataset
     from features.pipeline import run_feature_pipeline
-    from features.surf import FEATURE_GROUPS as SURF_GROUPS
-    from features.synthetic import write_fruit
-    from features.synthetic_surf import write_surf
 
     write_fruit(storage, rows=fruit_rows, seed=7)
     run_feature_pipeline(storage, get_view("fruit_classification").label.group)
@@ -92,7 +100,7 @@ def prepare_domains(storage, *, fruit_rows: int = 1500, surf_rows: int = 600) ->
 def trained_models(ray_cluster, session_config):
     """A storage root with fruit and surf training datasets and both scikit-learn models (version 1, production)."""
     from orchard.storage import Storage
-    from orchard.training import train_model
+    from training.trainer import train_model
 
     storage = Storage(session_config.storage)
     prepare_domains(storage)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 # Ports for servers a test starts later: above Ray's worker ports (10002-19999), below Serve's direct-ingress ports
@@ -81,3 +84,12 @@ def _has_open_file_under(process: Path, marker: str) -> bool:
         except OSError:
             continue
     return False
+
+
+FAILURE_LOOKING = re.compile(r"(?i)\b(error|errors|warning|warnings|failed|failure|traceback|exception|will hang)\b|"
+                             r"cuda|cuinit|onednn|absl::|core_worker")
+"""What a healthy run must not print: words that read as a failure, and the libraries' start-up notices."""
+
+
+def failure_looking_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if FAILURE_LOOKING.search(line)]

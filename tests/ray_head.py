@@ -133,6 +133,22 @@ class RayHeadCluster:
             ) from None
         return result.returncode, logs
 
+    def start(self, args: list[str], submission_id: str, runtime_env_json: dict | None = None) -> None:
+        """`ray job submit --no-wait`: start a long-running job (a server); stop it with `stop_job`."""
+        command = [self.ray_executable, "job", "submit", "--no-wait", "--address", self.address,
+                   "--working-dir", str(self.working_dir), "--submission-id", submission_id]
+        if runtime_env_json is not None:
+            command += ["--runtime-env-json", json.dumps(runtime_env_json)]
+        result = subprocess.run([*command, "--", *args], env=self.env, cwd=self.working_dir, capture_output=True,
+                                text=True, timeout=120)
+        if result.returncode != 0:
+            raise RayJobSubmitError(f"`ray job submit --no-wait` failed:\n{result.stdout}{result.stderr}")
+
+    def stop_job(self, submission_id: str, timeout: float = 60.0) -> str:
+        """Stop a job, wait until it has stopped, and return its status."""
+        self._stop_job(submission_id, timeout)
+        return self.job_info(submission_id)["status"]
+
     def job_info(self, submission_id: str) -> dict:
         """The job API's record of a job: status, message, driver_exit_code, ..."""
         return self.request("GET", f"/api/jobs/{submission_id}")

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hotel.vacancy import PARTIAL_SCHEMA, VACANCY_SCHEMA, combine_partials, weekly_partials, with_vacancy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from features.aggregation import PARTIAL_SCHEMA, VACANCY_SCHEMA, combine_partials, weekly_partials, with_vacancy
 
 BOOKING_SCHEMA = pa.schema([
     pa.field("booking_id", pa.string()),

@@ -7,8 +7,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from features.binning import AGE_BANDS, age_band, age_in_years
+from hotel.binning import AGE_BANDS, age_band, age_in_years
 
 UTC = dt.timezone.utc
 

@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from orchard.cli import app
+from pipelines.cli import app
 
 COMMANDS = [[], ["demo"], ["generate"], ["features"], ["features", "list"], ["features", "run"], ["train"],
             ["models"], ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "best"], ["serve"]]
@@ -28,7 +28,7 @@ def test_generate_then_list_as_json(tmp_path):
 def test_unknown_domain_is_refused_by_name(tmp_path):
     result = CliRunner().invoke(app, ["--storage", str(tmp_path), "generate", "bananas"])
     assert result.exit_code != 0
-    assert "unknown domain 'bananas'" in result.output
+    assert "unknown data generator 'bananas'" in " ".join(result.output.replace("│", " ").split())
 
 
 def test_bad_storage_uri_is_a_usage_error():

@@ -51,7 +51,7 @@ def test_importing_the_packages_has_no_side_effects(tmp_path):
     import subprocess
     import sys
 
-    code = "import orchard.cli, orchard.demo, features.catalog, pipelines.features, pipelines.train, serve.app; import ray; print(ray.is_initialized())"
+    code = "import pipelines.cli, pipelines.demo, features.catalog, pipelines.features, pipelines.train, serve.app; import ray; print(ray.is_initialized())"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -9,8 +10,11 @@ import pyarrow as pa
 import pytest
 
 from features.transforms import LabelEncoder, OneHotEncoder, StandardScaler, TransformSet
-from orchard.dnn import DNN_SPECS, DnnError, DnnSpec, get_dnn_spec, scaling_config
-from orchard.model_data import ModelDataError, model_inputs, to_model_arrays
+from orchard.errors import NotFoundError
+from training.catalog import get_spec
+from training.flavors.keras import DnnError, KerasFlavor, scaling_config
+from training.model_data import ModelDataError, model_inputs, to_model_arrays
+from training.spec import ModelSpecError
 
 
 def test_gpu_scaling_asks_for_one_gpu_and_one_cpu_per_worker():
@@ -35,36 +39,46 @@ def test_scaling_refuses_a_worker_count_that_is_not_a_positive_integer(workers):
         scaling_config(workers, gpu=False)
 
 
-def test_the_two_demo_networks_are_declared():
-    assert get_dnn_spec("fruit_dnn_classifier").task == "classification"
-    assert get_dnn_spec("fruit_dnn_classifier").view == "fruit_classification"
-    surf = DNN_SPECS["surf_dnn_regressor"]
+def test_the_example_networks_are_declared():
+    fruit = get_spec("fruit_dnn_classifier")
+    assert (fruit.task, fruit.view, fruit.flavor.name) == ("classification", "fruit_classification", "keras")
+    surf = get_spec("surf_dnn_regressor")
     assert (surf.task, surf.view, surf.target) == ("regression", "surf_height", "surf_height_m")
 
 
-def test_an_unknown_network_name_lists_the_known_ones():
-    with pytest.raises(KeyError, match="fruit_dnn_classifier, surf_dnn_regressor"):
-        get_dnn_spec("nope")
+def test_an_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(NotFoundError, match="fruit_dnn_classifier.*surf_dnn_regressor"):
+        get_spec("nope")
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"task": "ranking"}, "task must be one of classification, regression, got 'ranking'"),
-    ({"hidden_units": ()}, "hidden_units must be a non-empty list of positive integers"),
-    ({"hidden_units": (16, 0)}, "hidden_units must be a non-empty list of positive integers"),
+    ({"params": {"hidden_units": ()}}, "hidden_units must be a non-empty list of positive integers"),
+    ({"params": {"hidden_units": (16, 0)}}, "hidden_units must be a non-empty list of positive integers"),
+    ({"params": {"hidden_unit": (16,)}}, "params ['hidden_unit'] do not fit build function"),
     ({"epochs": 0}, "epochs must be a positive integer, got 0"),
     ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
     ({"learning_rate": 0.0}, "learning_rate must be a positive number, got 0.0"),
     ({"learning_rate": float("nan")}, "learning_rate must be a positive number"),
-    ({"name": "Fruit DNN"}, "network name 'Fruit DNN' must be lower case"),
-    ({"view": ""}, "view must name a feature view"),
+    ({"build": lambda inputs: None}, "build must be a module-level function"),
 ])
-def test_an_invalid_spec_is_refused_with_the_field_named(changes, message):
-    with pytest.raises(DnnError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        replace(DNN_SPECS["fruit_dnn_classifier"], **changes)
+def test_an_invalid_network_is_refused_with_the_field_named(changes, message):
+    with pytest.raises(DnnError, match=re.escape(message)):
+        replace(get_spec("fruit_dnn_classifier").flavor, **changes)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"task": "ranking"}, "task must be one of classification, regression, got 'ranking'"),
+    ({"name": "Fruit DNN"}, "model name 'Fruit DNN' must be lower case"),
+    ({"view": ""}, "view must name a feature view"),
+    ({"flavor": "keras"}, "flavor must be a training.flavors.Flavor"),
+])
+def test_an_invalid_model_spec_is_refused_with_the_field_named(changes, message):
+    with pytest.raises(ModelSpecError, match=re.escape(message)):
+        replace(get_spec("fruit_dnn_classifier"), **changes)
 
 
 def test_hidden_units_given_as_a_list_are_kept_as_a_tuple():
-    assert DnnSpec("net", "fruit_classification", "regression", hidden_units=[8, 4]).hidden_units == (8, 4)
+    assert KerasFlavor(params={"hidden_units": [8, 4]}).params["hidden_units"] == (8, 4)
 
 
 def _fitted(transforms: list, table: pa.Table) -> TransformSet:
@@ -79,7 +93,7 @@ FRUIT_METADATA = {"view": "fruit_classification:1", "feature_columns": ["red", "
 
 def test_classification_inputs_take_the_label_encoders_classes_in_order():
     transforms = _fitted([StandardScaler("weight_g"), LabelEncoder("label")], FRUIT_ROWS)
-    inputs = model_inputs(DNN_SPECS["fruit_dnn_classifier"], FRUIT_METADATA, transforms)
+    inputs = model_inputs(get_spec("fruit_dnn_classifier"), FRUIT_METADATA, transforms)
     assert inputs.feature_columns == ["red", "weight_g"]
     assert inputs.target == "label"
     assert inputs.classes == ["apple", "orange"]
@@ -91,14 +105,14 @@ def test_one_hot_features_expand_to_their_output_columns_and_excluded_ones_are_l
     transforms = _fitted([OneHotEncoder("bottom", unknown="other"), StandardScaler("swell_height_m")], rows)
     metadata = {"view": "surf_height:1", "feature_columns": ["buoy_id", "bottom", "swell_height_m"],
                 "label": {"target": "surf_height_m"}}
-    inputs = model_inputs(DNN_SPECS["surf_dnn_regressor"], metadata, transforms)
+    inputs = model_inputs(get_spec("surf_dnn_regressor"), metadata, transforms)
     assert inputs.raw_features == ["bottom", "swell_height_m"]
     assert inputs.feature_columns == ["bottom=reef", "bottom=sand", "bottom=__other__", "swell_height_m"]
     assert (inputs.target, inputs.classes) == ("surf_height_m", None)
 
 
 def test_excluding_a_feature_the_view_does_not_have_is_an_error():
-    spec = replace(DNN_SPECS["fruit_dnn_classifier"], excluded_features=("colour",))
+    spec = replace(get_spec("fruit_dnn_classifier"), excluded_features=("colour",))
     transforms = _fitted([LabelEncoder("label")], FRUIT_ROWS)
     with pytest.raises(ModelDataError, match=r"excluded feature\(s\) \['colour'\] are not features"):
         model_inputs(spec, FRUIT_METADATA, transforms)
@@ -107,7 +121,7 @@ def test_excluding_a_feature_the_view_does_not_have_is_an_error():
 def test_classification_without_a_label_encoder_on_the_target_is_an_error():
     transforms = _fitted([StandardScaler("weight_g")], FRUIT_ROWS)
     with pytest.raises(ModelDataError, match="needs a LabelEncoder on 'label'"):
-        model_inputs(DNN_SPECS["fruit_dnn_classifier"], FRUIT_METADATA, transforms)
+        model_inputs(get_spec("fruit_dnn_classifier"), FRUIT_METADATA, transforms)
 
 
 def test_rows_become_a_float32_matrix_and_a_class_index_vector():

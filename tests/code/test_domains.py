@@ -7,15 +7,13 @@ from datetime import date, datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pytest
+from hotel.generate import write_hotel
+from hotel.groups import HOTEL_USERS, days_until_check_in
+from surf.generate import surf_height, write_surf
 
-from features.catalog import all_groups, get_group
-from features.definitions import Aggregation, DefinitionError, Feature, FeatureGroup, FileSource
-from features.definitions import EVENT_TIME_TYPE
-from features.hotel import HOTEL_USERS, days_until_check_in
+from features.catalog import all_groups, generators, get_group
+from features.definitions import EVENT_TIME_TYPE, Aggregation, DefinitionError, Feature, FeatureGroup, FileSource
 from features.ingest import REASON_COLUMN
-from features.synthetic import generators
-from features.synthetic_hotel import write_hotel
-from features.synthetic_surf import surf_height, write_surf
 from orchard.storage import Storage
 
 

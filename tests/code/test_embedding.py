@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from features.embedding import PAGES, SessionReducer, combine_counts, page_counts
+from hotel.embedding import PAGES, SessionReducer, combine_counts, page_counts
 
 EMBEDDING_COLUMNS = [f"session_emb_{i}" for i in range(4)]
 

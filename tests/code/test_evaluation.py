@@ -10,8 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn import metrics
 
-from orchard import evaluation
-from orchard.evaluation import EvaluationError
+from training import evaluation
+from training.evaluation import EvaluationError
 
 
 def _blocks(values: np.ndarray, cuts: list[int]) -> list[np.ndarray]:

@@ -2,8 +2,8 @@
 
 import pyarrow as pa
 import pytest
+from fruit.groups import FRUIT_MEASUREMENTS as FRUIT
 
-from features.fruit import FRUIT_MEASUREMENTS as FRUIT
 from features.ingest import SourceFile, parse_file
 
 SCALE, SORTING_LINE = FRUIT.sources

@@ -15,7 +15,7 @@ import matplotlib.image
 import pytest
 from matplotlib.figure import Figure
 
-from orchard.plots import (
+from training.plots import (
     DOTS_PER_INCH,
     FIGURE_SIZE_INCHES,
     _confusion_matrix_figure,
@@ -145,7 +145,7 @@ def test_rendering_leaves_no_figure_behind():
 def test_plotting_neither_imports_pyplot_nor_needs_a_backend_choice():
     script = (
         "import sys\n"
-        "from orchard.plots import learning_curve_png, confusion_matrix_png\n"
+        "from training.plots import learning_curve_png, confusion_matrix_png\n"
         "learning_curve_png({'a': [(1, 1.0)]}, title='t', x_label='x', y_label='y')\n"
         "confusion_matrix_png([[1]], ['a'], title='t')\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"

@@ -5,9 +5,11 @@ import pytest
 import skops.io as sio
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-from orchard.predictor import InputError, Predictor, load_skops
-from orchard.registry import ModelRegistry, RegistryError
+from orchard.registry import ModelRegistry
 from orchard.storage import Storage
+from training.flavors import FlavorError
+from training.flavors.sklearn import UntrustedModelError, load_skops
+from training.predictor import InputError, Predictor
 
 SIGNATURE = {"task": "classification", "inputs": [{"name": "a", "datatype": "FP64"}, {"name": "b", "datatype": "FP64"}],
              "classes": ["x", "y"]}
@@ -70,7 +72,7 @@ def test_skops_loading_refuses_untrusted_types():
     class Sneaky:  # any non-sklearn, non-numpy type must be refused before it is built
         pass
 
-    with pytest.raises(RegistryError, match="not trusted"):
+    with pytest.raises(UntrustedModelError, match="not trusted"):
         load_skops(sio.dumps({"payload": Sneaky()}))
 
 
@@ -125,7 +127,7 @@ def test_each_input_is_checked_against_its_signature_type(transformed_classifier
 def test_an_unknown_flavor_is_refused_by_name(tmp_path):
     registry = ModelRegistry(Storage(str(tmp_path)))
     registry.register("odd", {"model.bin": b"x"}, {"flavor": "pytorch", "signature": SIGNATURE})
-    with pytest.raises(RegistryError, match="flavor 'pytorch'"):
+    with pytest.raises(FlavorError, match="no model flavor named 'pytorch'"):
         Predictor.load(registry, "odd")
 
 

@@ -8,8 +8,14 @@ from datetime import date, datetime, timezone
 import pytest
 
 from features.definitions import DefinitionError, SqlSource
-from features.sql import (SqlSourceError, decode_watermark, encode_watermark, incremental_query, newest_watermark,
-                          resolve_database)
+from features.sql import (
+    SqlSourceError,
+    decode_watermark,
+    encode_watermark,
+    incremental_query,
+    newest_watermark,
+    resolve_database,
+)
 from orchard.config import OrchardConfig
 from orchard.storage import Storage
 

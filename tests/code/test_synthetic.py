@@ -1,8 +1,8 @@
 import io
 
 import pandas as pd
+from fruit.generate import fruit_frame, write_fruit
 
-from features.synthetic import fruit_frame, write_fruit
 from orchard.storage import Storage
 
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 import pipelines.train
-from orchard import training
-from orchard.cli import app
+from pipelines.cli import app
+from training import trainer as training
 
 # An object store that is never contacted: its region is given, and the refusal comes before any request.
 S3_URI = "s3://bucket/orchard?region=us-east-1&endpoint_override=127.0.0.1:9"

@@ -7,7 +7,7 @@ import pytest
 from features.catalog import all_views, get_group, get_view
 from features.datasets import DatasetError, RandomSplit, TimeSplit, parse_split
 from features.definitions import DefinitionError
-from features.views import FeatureView, Label, SensitiveFeatureError, Selection
+from features.views import FeatureView, Label, Selection, SensitiveFeatureError
 
 USERS, BOOKINGS = get_group("hotel_users"), get_group("hotel_bookings")
 
@@ -51,7 +51,7 @@ def test_output_names_must_not_clash():
 
 
 def test_each_domain_has_a_view():
-    assert {v.name for v in all_views()} == {"fruit_classification", "surf_height", "booking_cancellation"}
+    assert {v.name for v in all_views()} == {"fruit_classification", "apple_weight", "surf_height", "booking_cancellation"}
     assert [s.group.name for s in get_view("booking_cancellation").selections] == [
         "hotel_weekly_vacancy", "hotel_users", "user_session_embedding", "electricity_prices"]
 
@@ -97,3 +97,13 @@ def test_a_row_keeps_its_random_split_whatever_batch_it_is_in():
     one_by_one = [_assign_split(table.slice(i, 1).cast(pa.schema([("k", pa.int64()), ("t", pa.timestamp("us", tz="UTC"))])),
                                 rule, ["k"], "t").column(SPLIT_COLUMN)[0].as_py() for i in range(24)]
     assert whole == one_by_one and set(whole) == {"train", "test"}
+
+
+def test_a_label_filter_must_name_a_label_column_and_list_values():
+    fruit = get_view("apple_weight").label.group
+    with pytest.raises(DefinitionError, match="label filter on 'colour', which the label group"):
+        FeatureView(name="bad", version=1, description="d", selections=(),
+                    label=Label(group=fruit, target="weight_g", columns=("fruit_id",), where={"colour": ("red",)}))
+    with pytest.raises(DefinitionError, match="must list the values to keep, got 'apple'"):
+        FeatureView(name="bad", version=1, description="d", selections=(),
+                    label=Label(group=fruit, target="weight_g", columns=("fruit_id",), where={"label": "apple"}))

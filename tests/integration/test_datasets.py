@@ -8,16 +8,16 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 import pytest
+from fruit.generate import write_fruit
+from hotel.generate import write_hotel
+from hotel.groups import FEATURE_GROUPS as HOTEL_GROUPS
+from surf.generate import write_surf
+from surf.groups import FEATURE_GROUPS as SURF_GROUPS
 
 from features.catalog import get_view
 from features.datasets import DatasetError, RandomSplit, TimeSplit, TrainingDataset, create_training_dataset
-from features.hotel import FEATURE_GROUPS as HOTEL_GROUPS
 from features.pipeline import run_feature_pipeline
 from features.store import OfflineStore
-from features.surf import FEATURE_GROUPS as SURF_GROUPS
-from features.synthetic import write_fruit
-from features.synthetic_hotel import write_hotel
-from features.synthetic_surf import write_surf
 from features.transforms import TransformSet
 from orchard.storage import Storage
 
@@ -137,6 +137,21 @@ def test_a_time_split_puts_later_labels_in_later_splits(ray_cluster, tmp_path):
     assert metadata["split"]["kind"] == "time"
 
 
+def test_a_label_filter_keeps_only_the_label_rows_it_names(ray_cluster, tmp_path):
+    storage = Storage(str(tmp_path))
+    write_fruit(storage, rows=300, seed=5)
+    group = get_view("apple_weight").label.group
+    run_feature_pipeline(storage, group)
+    fruit = OfflineStore(storage).read_table(group)
+    apples = {row["fruit_id"] for row in fruit.to_pylist() if row["label"] == "apple"}
+    assert 0 < len(apples) < fruit.num_rows
+    metadata = create_training_dataset(storage, get_view("apple_weight"), RandomSplit(seed=0))
+    assert metadata["label"]["where"] == {"label": ["apple"]}
+    dataset = TrainingDataset.open(storage, get_view("apple_weight"), metadata["version"])
+    kept = {row["fruit_id"] for split in ("train", "validation", "test") for row in _table(dataset.read(split)).to_pylist()}
+    assert kept == apples
+
+
 def test_the_surf_view_chains_beach_and_buoy(ray_cluster, tmp_path):
     storage = Storage(str(tmp_path))
     write_surf(storage, rows=120, seed=13)
@@ -160,7 +175,7 @@ def test_the_cli_creates_lists_and_shows_datasets(ray_cluster, tmp_path):
 
     from typer.testing import CliRunner
 
-    from orchard.cli import app
+    from pipelines.cli import app
 
     def orchard(*args: str):
         return CliRunner().invoke(app, ["--storage", str(tmp_path), *args])

@@ -12,24 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fruit.generate import write_fruit
+from surf.generate import write_surf
+from surf.groups import FEATURE_GROUPS as SURF_GROUPS
 from typer.testing import CliRunner
 
 from features.catalog import get_view
 from features.datasets import RandomSplit, TrainingDataset, create_training_dataset
 from features.pipeline import run_feature_pipeline
-from features.surf import FEATURE_GROUPS as SURF_GROUPS
-from features.synthetic import write_fruit
-from features.synthetic_surf import write_surf
 from features.transforms import TransformSet
-from orchard.cli import app
-from orchard.dnn import DNN_SPECS, train_dnn
-from orchard.predictor import Predictor
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
+from pipelines.cli import app
+from training.catalog import get_spec
+from training.flavors.keras import train_network
+from training.predictor import Predictor
 
 pytestmark = pytest.mark.ray
 
-FRUIT_SPEC = DNN_SPECS["fruit_dnn_classifier"]
+FRUIT_SPEC = get_spec("fruit_dnn_classifier")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def crash_marker(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fruit_run(fruit_storage, crash_marker):
     """One fruit run whose first worker dies after epoch 2 (one run serves every fruit test: each costs ~20 s)."""
-    return train_dnn(fruit_storage, FRUIT_SPEC, epochs=3, max_failures=1, run_name="fruit",
+    return train_network(fruit_storage, FRUIT_SPEC, epochs=3, max_failures=1, run_name="fruit",
                      after_epoch=_crash_once_after_epoch_two(str(crash_marker)))
 
 

@@ -8,15 +8,15 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 import pytest
+from hotel.embedding import PAGES, count_column
+from hotel.generate import _HABITS, write_hotel
+from hotel.groups import FEATURE_GROUPS as HOTEL_GROUPS
+from surf.generate import write_surf
+from surf.groups import FEATURE_GROUPS as SURF_GROUPS
 
 from features.catalog import get_group
-from features.embedding import PAGES, count_column
-from features.hotel import FEATURE_GROUPS as HOTEL_GROUPS
 from features.pipeline import run_feature_pipeline
 from features.store import OfflineStore
-from features.surf import FEATURE_GROUPS as SURF_GROUPS
-from features.synthetic_hotel import _HABITS, write_hotel
-from features.synthetic_surf import write_surf
 from orchard.storage import Storage
 
 pytestmark = pytest.mark.ray
@@ -162,7 +162,7 @@ def test_the_cli_generates_and_runs_a_domain_with_no_other_flag(ray_cluster, tmp
 
     from typer.testing import CliRunner
 
-    from orchard.cli import app
+    from pipelines.cli import app
 
     def orchard(*args: str) -> dict:
         result = CliRunner().invoke(app, ["--storage", str(tmp_path), *args, "--json"])

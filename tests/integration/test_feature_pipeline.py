@@ -5,11 +5,11 @@ import sys
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from fruit.generate import write_fruit
 
 from features.catalog import get_group
 from features.pipeline import run_feature_pipeline
 from features.store import OfflineStore
-from features.synthetic import write_fruit
 from orchard.storage import Storage
 
 pytestmark = pytest.mark.ray
@@ -127,7 +127,7 @@ def test_features_show_reports_rows_quarantine_and_the_last_run(ray_cluster, tmp
 
     from typer.testing import CliRunner
 
-    from orchard.cli import app
+    from pipelines.cli import app
 
     storage = Storage(str(tmp_path))
     write_fruit(storage, rows=100, seed=18, bad_fraction=0.1)

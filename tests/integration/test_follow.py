@@ -11,10 +11,10 @@ import threading
 import time
 
 import pytest
+from fruit.generate import write_fruit
 
 from features.catalog import get_group
 from features.store import OfflineStore
-from features.synthetic import write_fruit
 from orchard.storage import Storage
 
 pytestmark = pytest.mark.ray
@@ -50,7 +50,7 @@ def test_follow_picks_up_a_file_dropped_while_running_and_stops_on_sigterm(ray_c
     storage = Storage(str(tmp_path))
     write_fruit(storage, rows=100, seed=21)
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchard.cli", "--storage", str(tmp_path),
+        [sys.executable, "-m", "pipelines.cli", "--storage", str(tmp_path),
          "--ray-address", ray.get_runtime_context().gcs_address,
          "features", "run", "fruit_measurements", "--follow", "--interval", "0.5", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},

@@ -131,6 +131,7 @@ def trained_by_job(head_cluster, tmp_path_factory):
     return returncode, logs, Storage(storage), commit
 
 
+@pytest.mark.slow
 def test_all_four_models_train_and_register_through_a_submitted_job(trained_by_job):
     returncode, logs, storage, commit = trained_by_job
     assert returncode == 0, logs[-5000:]
@@ -150,7 +151,7 @@ def _test_rows(storage, name: str, count: int = 3) -> list[dict]:
 
     from features.catalog import get_view
     from features.datasets import TrainingDataset
-    from orchard.training import get_spec
+    from training.trainer import get_spec
 
     card = ModelRegistry(storage).get(name).card
     dataset = TrainingDataset.open(storage, get_view(get_spec(name).view), card["lineage"]["dataset_version"])
@@ -159,20 +160,21 @@ def _test_rows(storage, name: str, count: int = 3) -> list[dict]:
     return [{f: row[f] for f in inputs} for row in rows if all(row[f] is not None for f in inputs)][:count]
 
 
+@pytest.mark.slow
 def test_serve_deploy_of_the_shipped_config_serves_all_four_models(trained_by_job, head_cluster, tmp_path):
     """`serve deploy serve/config.yaml` as on a cluster: through the proxy, and at the replica's port that Serve's
     REST API lists for a load balancer."""
+    import sys
     import time
     from pathlib import Path
-    import sys
 
     import httpx
     import yaml
     from ray.serve.schema import ServeInstanceDetails
 
-    from orchard.predictor import Predictor
     from serve.app import replica_addresses
     from tests.helpers import answers, free_port
+    from training.predictor import Predictor
 
     returncode, logs, storage, _ = trained_by_job
     assert returncode == 0, logs[-3000:]

@@ -9,7 +9,7 @@ import skops.io as sio
 
 from features.transforms import TransformSet
 from orchard.registry import ModelRegistry
-from orchard.training import get_spec
+from training.trainer import get_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.serve]
 

@@ -12,10 +12,10 @@ import pytest
 
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
-from orchard.training import train_model
 from serve.prediction_log import read_predictions
 from tests.conftest import prepare_domains
 from tests.integration.test_serve import _instances
+from training.trainer import train_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.serve]
 
@@ -198,7 +198,7 @@ def test_prometheus_counts_requests_per_model_and_version_and_errors_by_status(a
 def test_concurrent_requests_to_a_network_are_batched_and_each_gets_its_own_answer(app):
     from concurrent.futures import ThreadPoolExecutor
 
-    from orchard.predictor import Predictor
+    from training.predictor import Predictor
 
     url, storage = app
     rows = _instances(storage, "fruit_dnn_classifier", count=32)

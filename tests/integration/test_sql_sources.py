@@ -5,14 +5,14 @@ from __future__ import annotations
 import psycopg
 import pyarrow.compute as pc
 import pytest
+from hotel.binning import age_band
+from hotel.generate import write_hotel
+from surf.generate import write_surf
 
-from features.binning import age_band
 from features.catalog import get_group
 from features.pipeline import run_feature_pipeline
 from features.sql import SqlSourceError, resolve_database
 from features.store import OfflineStore
-from features.synthetic_hotel import write_hotel
-from features.synthetic_surf import write_surf
 from orchard.storage import Storage
 
 pytestmark = pytest.mark.ray

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 
+import fruit.models
 import pytest
 from typer.testing import CliRunner
 
-from orchard import training
-from orchard.cli import app
-from orchard.predictor import Predictor
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
-from orchard.training import BelowBaselineError, SklearnSpec, train_model
+from pipelines.cli import app
 from tests.conftest import prepare_domains
+from training import ModelSpec, SklearnFlavor
+from training.catalog import get_spec
+from training.predictor import Predictor
+from training.trainer import BelowBaselineError, train_model
 
 pytestmark = pytest.mark.ray
 
@@ -60,8 +62,8 @@ def test_models_beat_their_trivial_baselines_on_the_test_split(trained_models):
 def test_the_grid_search_tries_every_candidate_and_keeps_the_best_on_validation(trained_models):
     storage, _ = trained_models
     card = ModelRegistry(storage).get("fruit_classifier", 1).card
-    spec = training.SKLEARN_SPECS["fruit_classifier"]
-    assert [entry["params"] for entry in card["search"]] == spec.candidates()
+    spec = get_spec("fruit_classifier")
+    assert [entry["params"] for entry in card["search"]] == spec.flavor.candidates()
     best = max(entry["validation"]["accuracy"] for entry in card["search"])
     chosen = next(e for e in card["search"] if e["params"] == card["hyperparameters"])
     assert chosen["validation"]["accuracy"] == best
@@ -122,11 +124,15 @@ def test_workers_caps_the_candidate_tasks_running_at_once_and_the_model_stays_th
     assert registry.get("fruit_classifier", parallel["version"]).card["search_tasks"]["most_in_flight"] == 8
 
 
+def _minority_guess(name: str) -> ModelSpec:
+    return ModelSpec(name=name, view="fruit_classification", task="classification",
+                     flavor=SklearnFlavor("sklearn.dummy.DummyClassifier", params={"strategy": "constant", "constant": 1}))
+
+
 def test_a_model_below_its_baseline_is_refused_unless_forced(own_storage, monkeypatch):
     # Always answering the minority class (index 1 of apple/orange in this data) cannot beat the majority class.
-    spec = SklearnSpec(name="minority_guess", view="fruit_classification", task="classification",
-                       estimator="sklearn.dummy.DummyClassifier", params={"strategy": "constant", "constant": 1})
-    monkeypatch.setitem(training.SKLEARN_SPECS, spec.name, spec)
+    spec = _minority_guess("minority_guess")
+    monkeypatch.setattr(fruit.models, "MINORITY_GUESS", spec, raising=False)  # as if the project defined it
     registry = ModelRegistry(own_storage)
     with pytest.raises(BelowBaselineError, match=r"test accuracy 0\.\d+ does not beat the baseline's 0\.\d+") as refused:
         train_model(own_storage, spec.name, alias="production")
@@ -167,9 +173,8 @@ def test_the_cli_refuses_bad_requests_by_name(own_storage, arguments, exit_code,
 
 
 def test_the_cli_exits_1_and_reports_a_refused_model(own_storage, monkeypatch):
-    spec = SklearnSpec(name="minority_guess_cli", view="fruit_classification", task="classification",
-                       estimator="sklearn.dummy.DummyClassifier", params={"strategy": "constant", "constant": 1})
-    monkeypatch.setitem(training.SKLEARN_SPECS, spec.name, spec)
+    spec = _minority_guess("minority_guess_cli")
+    monkeypatch.setattr(fruit.models, "MINORITY_GUESS", spec, raising=False)  # as if the project defined it
     result = CliRunner().invoke(app, ["--storage", own_storage.root_uri, "train", spec.name, "--json"])
     assert result.exit_code == 1
     document = json.loads(result.stdout)

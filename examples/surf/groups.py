@@ -12,9 +12,18 @@ from datetime import timedelta
 
 import pyarrow as pa
 
-from features.definitions import EVENT_TIME_TYPE, Feature, FeatureGroup, FileSource, SqlSource
-from features.transforms import OneHotEncoder, StandardScaler
-from features.views import FeatureView, Label, Selection
+from features import (
+                      EVENT_TIME_TYPE,
+                      Feature,
+                      FeatureGroup,
+                      FeatureView,
+                      FileSource,
+                      Label,
+                      OneHotEncoder,
+                      Selection,
+                      SqlSource,
+                      StandardScaler,
+)
 
 LANDING = "landing/surf"
 DATABASE = "surf"

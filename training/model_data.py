@@ -1,6 +1,6 @@
 """What a model sees of a training dataset: its input columns, target, rows as arrays, and raw signature.
 
-Both trainers (scikit-learn in `orchard.training`, tf-keras in `orchard.dnn`)
+Both trainers (scikit-learn in `training.trainer`, tf-keras in `training.dnn`)
 turn a view's transformed training dataset into the same thing: a float32
 feature matrix and a target vector per block, with rows that hold a null in a
 feature or in the target dropped (a null means the point-in-time join found no
@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from features.datasets import SPLITS, TrainingDataset
 from features.transforms import LabelEncoder, TransformSet
+from orchard.errors import UsageError
 from orchard.storage import Storage
 
 if TYPE_CHECKING:
@@ -34,12 +35,12 @@ FEATURES_COLUMN = "features"
 TARGET_COLUMN = "target"
 
 
-class ModelDataError(ValueError):
+class ModelDataError(UsageError):
     """A training dataset cannot be turned into a model's inputs as asked."""
 
 
 class ModelDescription(Protocol):
-    """The fields both model specs share (`orchard.dnn.DnnSpec`, `orchard.training.SklearnSpec`)."""
+    """The fields both model specs share (`training.dnn.DnnSpec`, `training.trainer.SklearnSpec`)."""
 
     name: str
     view: str
@@ -119,7 +120,9 @@ def _block_summary(batch: dict[str, np.ndarray], n_classes: int) -> dict[str, np
                              f"{sorted(set(target[(target < 0) | (target >= n_classes)].tolist()))[:5]}")
     counts = np.bincount(target.astype(np.int64), minlength=n_classes) if n_classes else np.zeros(0, np.int64)
     return {"count": np.array([len(features)]), "mean": mean[None, :], "m2": m2[None, :],
-            "target_sum": np.array([float(target.astype(np.float64).sum())]), "class_counts": counts[None, :]}
+            "target_sum": np.array([float(target.astype(np.float64).sum())]),
+            "target_sumsq": np.array([float(np.square(target.astype(np.float64)).sum())]),
+            "class_counts": counts[None, :]}
 
 
 def split_summary(prepared: "ray.data.Dataset", n_classes: int = 0) -> dict[str, Any]:
@@ -128,7 +131,7 @@ def split_summary(prepared: "ray.data.Dataset", n_classes: int = 0) -> dict[str,
     Each block is reduced to (count, mean, M2, ...) on the cluster and the
     driver merges them with Chan et al.'s parallel update: only statistics move.
     """
-    count, mean, m2, target_sum = 0, None, None, 0.0
+    count, mean, m2, target_sum, target_sumsq = 0, None, None, 0.0, 0.0
     class_counts = np.zeros(n_classes, np.int64)
     parts = prepared.map_batches(_block_summary, batch_format="numpy", batch_size=None,
                                  fn_kwargs={"n_classes": n_classes})
@@ -138,6 +141,7 @@ def split_summary(prepared: "ray.data.Dataset", n_classes: int = 0) -> dict[str,
             continue
         class_counts += np.asarray(part["class_counts"], np.int64)
         target_sum += float(part["target_sum"])
+        target_sumsq += float(part["target_sumsq"])
         if count == 0:
             count, mean, m2 = n, np.asarray(part["mean"], np.float64), np.asarray(part["m2"], np.float64)
             continue
@@ -147,9 +151,12 @@ def split_summary(prepared: "ray.data.Dataset", n_classes: int = 0) -> dict[str,
         m2 = m2 + part["m2"] + np.square(delta) * (count * n / total)
         count = total
     if count == 0:
-        return {"count": 0, "mean": None, "variance": None, "target_mean": None, "class_counts": class_counts.tolist()}
+        return {"count": 0, "mean": None, "variance": None, "target_mean": None, "target_std": None,
+                "class_counts": class_counts.tolist()}
+    target_mean = target_sum / count
     return {"count": count, "mean": mean.tolist(), "variance": (m2 / count).tolist(),
-            "target_mean": target_sum / count, "class_counts": class_counts.tolist()}
+            "target_mean": target_mean, "target_std": max(target_sumsq / count - target_mean**2, 0.0) ** 0.5,
+            "class_counts": class_counts.tolist()}
 
 
 # -- a whole training dataset, prepared for one model

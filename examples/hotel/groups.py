@@ -16,13 +16,25 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.aggregation import combine_partials, week_start, weekly_partials, with_vacancy
-from features.binning import AGE_BANDS, age_band
-from features.definitions import EVENT_TIME_TYPE, Aggregation, Feature, FeatureGroup, FileSource, SqlSource
-from features.embedding import EMBEDDING_PREFIX, PAGES, SessionReducer, combine_counts, count_column, page_counts
-from features.ingest import REASON_COLUMN
-from features.transforms import LabelEncoder, MinMaxScaler, OneHotEncoder, StandardScaler
-from features.views import FeatureView, Label, Selection
+from features import (
+    EVENT_TIME_TYPE,
+    REASON_COLUMN,
+    Aggregation,
+    Feature,
+    FeatureGroup,
+    FeatureView,
+    FileSource,
+    Label,
+    LabelEncoder,
+    MinMaxScaler,
+    OneHotEncoder,
+    Selection,
+    SqlSource,
+    StandardScaler,
+)
+from hotel.binning import AGE_BANDS, age_band
+from hotel.embedding import EMBEDDING_PREFIX, PAGES, SessionReducer, combine_counts, count_column, page_counts
+from hotel.vacancy import combine_partials, week_start, weekly_partials, with_vacancy
 
 LANDING = "landing/hotel"
 DATABASE = "hotel"

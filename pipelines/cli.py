@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -10,8 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from orchard.config import ConfigError, OrchardConfig
+from orchard.errors import OrchardError
 from orchard.output import emit, stdout_reserved_for_json
+from pipelines import options
 from pipelines import train as train_job
 
 app = typer.Typer(
@@ -26,70 +26,100 @@ app.add_typer(features_app, name="features")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 
-JSON_OPTION = typer.Option(False, "--json", help="Print the result as one JSON document on stdout.")
+JSON_OPTION = options.JSON
 
 
 @app.callback()
 def configure(
     context: typer.Context,
-    storage: str = typer.Option(
-        None, "--storage", help="Storage root URI: a folder or s3://bucket/prefix. Default: $ORCHARD_STORAGE or ./orchard-data."
-    ),
-    ray_address: str = typer.Option(
-        None, "--ray-address", help="Address of a running Ray cluster. Default: $ORCHARD_RAY_ADDRESS, else start a local Ray."
-    ),
-    num_cpus: int = typer.Option(None, "--num-cpus", help="CPUs for a local Ray (default: all). Env: ORCHARD_NUM_CPUS."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+    storage: Optional[str] = options.STORAGE,
+    ray_address: Optional[str] = options.RAY_ADDRESS,
+    projects: Optional[List[str]] = options.PROJECT,
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs for a local Ray (default: all). Env: ORCHARD_NUM_CPUS."),
+    verbose: bool = options.VERBOSE,
 ) -> None:
     """Orchard: from never-ending raw data to versioned prediction services, on Ray."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
-    try:
-        context.obj = OrchardConfig.from_sources(storage=storage, ray_address=ray_address, num_cpus=num_cpus)
-    except ConfigError as error:
-        raise typer.BadParameter(str(error)) from None
+    if context.invoked_subcommand == "init":
+        context.obj = None  # a new project needs no configuration, and loading the current one could fail
+        return
+    context.obj = options.load_config(storage=storage, ray_address=ray_address, projects=projects, num_cpus=num_cpus,
+                                      verbose=verbose)
 
 
 @app.command()
 def demo(
     context: typer.Context,
-    rows: int = typer.Option(2000, "--rows", min=50, help="Fruit to generate for this run (a third as many surf rows)."),
+    rows: Optional[int] = typer.Option(None, "--rows", min=50, help="Records per data generator (default: each one's own)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the generated data."),
-    epochs: int = typer.Option(5, "--epochs", min=1, help="Epochs of the two networks."),
+    days: int = typer.Option(3, "--days", min=1, help="Days of data to generate, each followed by every feature "
+                                                      "pipeline (aggregations then hold values known at earlier times)."),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="Epochs of every network."),
     port: int = typer.Option(None, "--port", help="HTTP port for Ray Serve (default 8000, env ORCHARD_SERVE_PORT)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run the whole path once: generate fruit and surf data, build features and training datasets, train and
-    register four models, serve them over HTTP, query them, shut down."""
-    from orchard.demo import run_demo
+    """Run the whole path once for the loaded projects (the bundled examples if none): generate data, run every
+    feature pipeline, build every view's training dataset, train and register every model, serve them over HTTP,
+    query them, shut down."""
+    from pipelines.demo import run_demo
 
     config = context.obj.with_overrides(serve_port=port)
     with stdout_reserved_for_json(as_json):
-        result = run_demo(config, rows=rows, seed=seed, epochs=epochs)
+        result = run_demo(config, rows=rows, seed=seed, epochs=epochs, days=days)
     if as_json:
         emit(result, as_json=True)
 
 
 @app.command()
+def init(
+    folder: str = typer.Argument(..., help="Folder for the new project (created if missing)."),
+    package: Optional[str] = typer.Option(None, "--package", help="Python package name (default: from the folder name)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write a small new project (a CSV feature group, a view, a model, a data generator) that runs end to end."""
+    from pathlib import Path
+
+    from pipelines.init import init_project, next_steps
+
+    result = init_project(Path(folder), package)
+    emit(result, as_json=as_json, human=next_steps)
+
+
+@app.command()
+def check(context: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Validate the loaded projects' definitions and say what a run of each would change; exit 2 on a problem."""
+    from orchard.storage import Storage
+    from pipelines.check import CheckFailed
+    from pipelines.check import check as check_projects
+
+    plan = check_projects(Storage(context.obj.storage))
+    emit(plan.to_dict(), as_json=as_json, human=lambda _: plan.human())
+    if plan.problems:
+        raise typer.Exit(code=CheckFailed.exit_code)
+
+
+@app.command()
 def generate(
     context: typer.Context,
-    domain: str = typer.Argument(..., help="Example domain: fruit, surf or hotel."),
-    rows: int = typer.Option(2000, "--rows", min=1, help="Records to generate."),
+    domain: str = typer.Argument(..., help="A data generator of the loaded projects (the examples: fruit, surf, hotel)."),
+    rows: Optional[int] = typer.Option(None, "--rows", min=1, help="Records to generate (default: the generator's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: str = typer.Option(None, "--out", help="Landing folder relative to the storage root (default: the domain's)."),
     bad_fraction: float = typer.Option(0.0, "--bad-fraction", min=0.0, max=1.0,
                                        help="Share of records to damage, plus one corrupt file when above 0."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Write a new day of synthetic raw data into a domain's landing area."""
-    from features.synthetic import generators
+    """Write a new day of synthetic raw data into a project's landing area (a project's data generator)."""
+    from features.catalog import generators
     from orchard.storage import Storage
 
     known = generators()
     if domain not in known:
-        raise typer.BadParameter(f"unknown domain {domain!r}; choose from {', '.join(known)}", param_hint="DOMAIN")
+        raise typer.BadParameter(f"unknown data generator {domain!r}; the loaded projects have "
+                                 f"{', '.join(known) or 'none'}", param_hint="DOMAIN")
+    generator = known[domain]
     kwargs = {"location": out} if out else {}
-    generated = known[domain](Storage(context.obj.storage), rows=rows, seed=seed, bad_fraction=bad_fraction,
-                              databases=context.obj.databases, **kwargs)
+    generated = generator.write(Storage(context.obj.storage), rows=rows or generator.default_rows, seed=seed,
+                                bad_fraction=bad_fraction, databases=context.obj.databases, **kwargs)
     emit({"domain": domain, "location": generated.location, "files": list(generated.files), "rows": generated.rows,
           "bad_records": generated.bad_records}, as_json=as_json)
 
@@ -176,8 +206,8 @@ def datasets_create(
     try:
         with stdout_reserved_for_json(as_json):
             metadata = run(context.obj, view, split, seed, quiet=as_json)
-    except (DatasetError, KeyError, ValueError) as error:
-        raise typer.BadParameter(str(error).strip('"'), param_hint="VIEW or --split") from None
+    except (DatasetError, OrchardError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint="VIEW or --split") from None
     emit(metadata, as_json=as_json, human=lambda m: (
         f"{m['view']} training dataset version {m['version']}: "
         + ", ".join(f"{n} {c} rows" for n, c in m["rows"].items())
@@ -210,15 +240,15 @@ def datasets_show(
 
     try:
         dataset = TrainingDataset.open(Storage(context.obj.storage), get_view(view), version)
-    except (DatasetError, KeyError) as error:
-        raise typer.BadParameter(str(error).strip('"'), param_hint="VIEW") from None
+    except (DatasetError, OrchardError) as error:
+        raise typer.BadParameter(str(error), param_hint="VIEW") from None
     emit(dataset.metadata, as_json=as_json)
 
 
 @app.command()
 def train(
     context: typer.Context,
-    models: List[str] = typer.Argument(..., help="Model(s) to train: fruit_classifier, surf_regressor, fruit_dnn_classifier, surf_dnn_regressor."),
+    models: List[str] = typer.Argument(..., help="Model(s) of the loaded projects to train (`orchard check` lists them)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="VIEW[:VERSION]: the training dataset (default: newest)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help=train_job.WORKERS_HELP),
     gpu: bool = typer.Option(False, "--gpu", help=train_job.GPU_HELP),
@@ -324,10 +354,9 @@ def serve_command(
     host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
 ) -> None:
     """Serve every registered model over HTTP until interrupted (Ctrl-C)."""
-    from ray import serve
 
     from orchard.runtime import ray_session
-    from serve.app import deploy, replica_urls
+    from serve.app import deploy, replica_urls, stop_serving
 
     config = context.obj.with_overrides(serve_port=port, serve_host=host)
     stop = threading.Event()
@@ -347,14 +376,18 @@ def serve_command(
         except KeyboardInterrupt:
             pass
         finally:
-            serve.shutdown()
+            stop_serving()
 
 
 def main() -> None:
     from orchard.runtime import prepare_driver_environment
 
     prepare_driver_environment()
-    app()
+    try:
+        app()
+    except OrchardError as error:  # each error type carries its exit code (orchard.errors)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "r2": True, "mae": False, "rmse": False, "mse": False,
-                    "loss": False}
-"""Which way each metric is better: the comparison with the baseline, and the registry's best version."""
+from orchard.errors import UsageError
+from orchard.registry import HIGHER_IS_BETTER
+
 COMPARED_ON = {"classification": "accuracy", "regression": "rmse"}
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UsageError):
     """Predictions or partial sums that cannot be evaluated."""
 
 

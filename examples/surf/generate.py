@@ -14,10 +14,19 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from features import surf
-from features.sql import count_rows, insert_rows, resolve_database, update_rows, writing_table
-from features.synthetic import GeneratedSlice, begin_day, damage_lines
+from features import (
+    DataGenerator,
+    GeneratedSlice,
+    begin_day,
+    count_rows,
+    damage_lines,
+    insert_rows,
+    resolve_database,
+    update_rows,
+    writing_table,
+)
 from orchard.storage import Storage
+from surf import groups as surf
 
 BUOYS = ("buoy-46026", "buoy-46012", "buoy-46042")
 BEACHES_TABLE = {"row_id": "id", "beach_id": "text", "name": "text", "buoy_id": "text", "facing_deg": "real",
@@ -115,3 +124,7 @@ def write_surf(storage: Storage, rows: int = 240, seed: int = 0, location: str =
         corrupt = (f"{location}/observations/{folder}/surf_scan.csv",)
         storage.write_bytes(corrupt[0], "beach_id,observed_at,surf_height_m\n".encode("utf-16"))  # wrong encoding
     return GeneratedSlice("surf", location, tuple(files) + corrupt, rows, bad, corrupt)
+
+
+GENERATOR = DataGenerator("surf", write_surf, "A day of buoy readings, beach rows (SQL) and surf observations.",
+                          default_rows=240)

@@ -1,87 +1,141 @@
-"""The end-to-end demo: raw files -> features -> training datasets -> four trained models -> HTTP predictions.
+"""The end-to-end demo: raw files -> features -> training datasets -> trained models -> HTTP predictions.
 
-Every step is the same library call the individual commands make; the demo only
-strings them together and prints what happens. Two domains from the lecture:
-fruit (apple or orange, a classifier) and surf (wave height at a beach, a
-regressor), each with a decision tree (grid search on Ray tasks) and a tf-keras
-network (Ray Train).
+It runs every definition of the loaded projects, in order: each data
+generator writes a new day of raw data, each feature group's pipeline runs
+(source groups before the groups aggregated from them), each feature view gets
+a new training dataset, each model trains and registers (production alias),
+then Ray Serve serves them all and the demo queries each one over HTTP with
+held-out rows (simple JSON and the Open Inference Protocol), checking the
+answers against the registered model's own predictions.
+
+With no project configured it loads the example projects that come with
+Orchard (`examples/`: fruit, surf, hotel). Every step is the same library call
+the individual commands make.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Callable
 
 import httpx
 
-from features.catalog import get_view
+from features.catalog import all_groups, all_views, generators, get_view
 from features.datasets import RandomSplit, TrainingDataset, create_training_dataset
+from features.definitions import FeatureGroup
 from features.pipeline import run_feature_pipeline
-from features.surf import FEATURE_GROUPS as SURF_GROUPS
-from features.synthetic import write_fruit
-from features.synthetic_surf import write_surf
 from orchard.config import OrchardConfig
-from orchard.dnn import DnnSpec
-from orchard.predictor import Predictor
+from orchard.errors import OrchardError
+from orchard.projects import activate, parse_entries
 from orchard.registry import ModelRegistry
 from orchard.runtime import ray_session
 from orchard.storage import Storage
-from orchard.training import BelowBaselineError, get_spec, train_model
+from training.catalog import get_spec, model_specs
+from training.flavors import FlavorError, TrainOptions
+from training.predictor import Predictor
+from training.trainer import BelowBaselineError, train_model
 
-DEMO_MODELS = ("fruit_classifier", "surf_regressor", "fruit_dnn_classifier", "surf_dnn_regressor")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE_PROJECTS = ("fruit", "surf", "hotel")
 STEPS = 7
 
 
-class DemoError(RuntimeError):
+class DemoError(OrchardError):
     """The demo found the service disagreeing with the registered model."""
+
+
+def example_config(config: OrchardConfig) -> OrchardConfig:
+    """`config` with the bundled example projects when it names no project of its own."""
+    if config.projects:
+        return config
+    if not EXAMPLES.is_dir():
+        raise DemoError(f"no project is configured and the example projects are not at {EXAMPLES}; "
+                        "name a project with --project")
+    refs = parse_entries([str(EXAMPLES / name) for name in EXAMPLE_PROJECTS], base=EXAMPLES, source="orchard demo")
+    return config.with_overrides(projects=refs)
+
+
+def pipeline_order(groups: list[FeatureGroup]) -> list[FeatureGroup]:
+    """Groups read from sources first, then each aggregated group after the group it aggregates."""
+    ordered: list[FeatureGroup] = []
+    pending = list(groups)
+    while pending:
+        ready = [g for g in pending if g.aggregation is None or g.aggregation.upstream in ordered
+                 or g.aggregation.upstream not in groups]
+        if not ready:
+            raise DemoError(f"feature groups aggregate each other in a cycle: {[g.ref for g in pending]}")
+        ordered.extend(ready)
+        pending = [g for g in pending if g not in ready]
+    return ordered
 
 
 def held_out_rows(storage: Storage, model: str, count: int) -> list[dict]:
     """Rows of the test split of the dataset the production version trained on: raw features plus the truth."""
-    view = get_view(get_spec(model).view)
     card = ModelRegistry(storage).get(model).card
+    view = get_view(card["lineage"]["view"])
     inputs = [item["name"] for item in card["signature"]["inputs"]]
-    target = view.label.target
+    target = card["signature"]["target"]
     rows = TrainingDataset.open(storage, view, card["lineage"]["dataset_version"]).read("test").take(10 * count)
-    complete = [row for row in rows if all(row[name] is not None for name in [*inputs, target])]
+    complete = [row for row in rows if all(row.get(name) is not None for name in [*inputs, target])]
     return [{**{name: row[name] for name in inputs}, "_truth": row[target]} for row in complete[:count]]
 
 
-def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: int = 5,
+def _takes_epochs(name: str) -> bool:
+    spec = get_spec(name)
+    try:
+        spec.flavor.check_options(spec, TrainOptions(epochs=1))
+    except FlavorError:
+        return False
+    return True
+
+
+def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, epochs: int = 5, days: int = 3,
              echo: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
+    config = example_config(config)
+    activate(config.projects)
     storage = Storage(config.storage)
-    summary: dict = {"storage": config.storage, "models": {}, "predictions": {}, "v2": {}, "refused": {}}
+    summary: dict = {"storage": config.storage, "projects": [ref.module for ref in config.projects], "models": {},
+                     "predictions": {}, "v2": {}, "refused": {}}
 
     def step(number: int, text: str) -> None:
         echo(f"[{number}/{STEPS}] {text}  ({time.perf_counter() - started:.1f}s)")
 
-    surf_rows = max(rows // 3, 100)
-    step(1, f"generating {rows} fruit measurements (CSV in g/mm, JSON Lines in kg/cm) and {surf_rows} surf "
-            "observations (buoy JSON Lines, beaches in SQL, lifeguards' CSV)")
-    for generated in (write_fruit(storage, rows=rows, seed=seed), write_surf(storage, rows=surf_rows, seed=seed)):
-        echo(f"      wrote {len(generated.files)} file(s), e.g. {storage.uri(generated.files[0])}")
-
+    found = generators()
+    groups = pipeline_order(all_groups())
+    step(1, f"{days} day(s) of raw data from {', '.join(found) or 'no generator'} "
+            f"(projects: {', '.join(summary['projects'])}), each day followed by every feature pipeline (step 2)")
+    summary["features"] = {}
     with ray_session(config, quiet=True):
-        step(2, "running the feature pipelines on Ray Data into the offline store")
-        summary["features"] = {}
-        for group in (get_view("fruit_classification").label.group, *SURF_GROUPS):
-            report = run_feature_pipeline(storage, group, config.databases)
-            echo(f"      {group.ref}: {report.rows_written} rows from {report.files_read} source(s) "
-                 f"(table version {report.table_version})")
-            summary["features"][group.ref] = report.to_dict()
+        for day in range(1, days + 1):
+            for name, generator in found.items():
+                generated = generator.write(storage, rows=rows or generator.default_rows, seed=seed + day - 1,
+                                            databases=config.databases)
+                echo(f"      day {day}, {name}: {generated.rows} records in {len(generated.files)} file(s), "
+                     f"e.g. {storage.uri(generated.files[0])}")
+            if day == 1:
+                step(2, "running the feature pipelines on Ray Data into the offline store, after every day")
+            for group in groups:
+                report = run_feature_pipeline(storage, group, config.databases)
+                echo(f"      day {day}, {group.ref}: {report.rows_written} rows from {report.files_read} source(s) "
+                     f"(table version {report.table_version})")
+                previous = summary["features"].get(group.ref, {"rows_written": 0})
+                summary["features"][group.ref] = {**report.to_dict(),
+                                                  "rows_written": previous["rows_written"] + report.rows_written}
 
         step(3, "building point-in-time correct training datasets (train/validation/test, fitted transforms)")
-        for view_name in ("fruit_classification", "surf_height"):
-            metadata = create_training_dataset(storage, get_view(view_name), RandomSplit(seed=seed))
+        for view in all_views():
+            metadata = create_training_dataset(storage, view, RandomSplit(seed=seed))
             echo(f"      {metadata['view']} v{metadata['version']}: "
                  + ", ".join(f"{n} {c}" for n, c in metadata["rows"].items()))
 
-        step(4, f"training two decision trees (grid search, one Ray task per candidate) and two networks "
-                f"(Ray Train, {epochs} epochs)")
-        for name in DEMO_MODELS:
-            options = {"epochs": epochs} if isinstance(get_spec(name), DnnSpec) else {}
+        models = list(model_specs())
+        step(4, f"training {len(models)} models (trees: a grid search, one Ray task per candidate; networks: "
+                f"Ray Train, {epochs} epochs)")
+        for name in models:
+            options = {"epochs": epochs} if _takes_epochs(name) else {}
             try:
                 result = train_model(storage, name, alias="production", **options)
             except BelowBaselineError as refused:
@@ -95,9 +149,8 @@ def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: 
         step(5, "registered (production): " + ", ".join(f"{n} v{m['version']}" for n, m in summary["models"].items()))
 
         step(6, "deploying the models with Ray Serve and sending HTTP requests")
-        from ray import serve
 
-        from serve.app import deploy, replica_urls
+        from serve.app import deploy, replica_urls, stop_serving
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         url = deploy(config)
@@ -124,7 +177,7 @@ def run_demo(config: OrchardConfig, *, rows: int = 2000, seed: int = 0, epochs: 
                     echo(f"      POST {direct_url}/v2/models/{name}/infer (Open Inference Protocol) -> "
                          f"version {summary['v2'][name]['model_version']}, the same predictions")
         finally:
-            serve.shutdown()
+            stop_serving()
 
     step(7, "shut down Serve and Ray")
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -151,8 +204,10 @@ def _infer_v2(client: httpx.Client, url: str, name: str, instances: list[dict], 
 
 def _describe(row: dict, prediction) -> str:
     shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in row.items() if k != "_truth")
+                      for k, v in list(row.items())[:6] if k != "_truth")
+    if len(row) > 7:
+        shown += ", ..."
     if isinstance(prediction, dict):
         confidence = prediction["probabilities"][prediction["label"]]
         return f"{shown} -> {prediction['label']} (p={confidence:.2f}; truly {row['_truth']})"
-    return f"{shown} -> {prediction:.2f} m (truly {row['_truth']:.2f} m)"
+    return f"{shown} -> {prediction:.2f} (truly {row['_truth']:.2f})"

@@ -12,32 +12,27 @@ shape are defined once:
 3. the model predicts; a classifier answers the label and every class's
    probability, a regressor a number.
 
-Nothing is unpickled: scikit-learn models load with skops restricted to
-scikit-learn and NumPy types, networks from Keras' native `.keras` format with
-safe mode on (no Python lambdas are deserialized).
+Loading and predicting belong to the version's flavor (`training.flavors`),
+found by the name in its card; no flavor unpickles anything.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from orchard.registry import ModelRegistry, ModelVersion, RegistryError
-from orchard.runtime import prepare_driver_environment
-
-# Only these module prefixes may appear inside a stored scikit-learn model; skops
-# refuses anything else instead of running arbitrary code the way pickle would.
-TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "builtins.")
-ARTIFACTS = {"sklearn": "model.skops", "keras": "model.keras"}
+from orchard.errors import StateError, UsageError
+from orchard.registry import ModelRegistry, ModelVersion
+from training.flavors import Flavor, flavor_class
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """A prediction request does not match the model's signature."""
+
+    http_status = 422
 
 
 @dataclass(frozen=True)
@@ -46,21 +41,20 @@ class Predictor:
     estimator: Any
     transforms: Any = None
     """The version's fitted TransformSet, or None when its signature's inputs are the model's columns."""
+    flavor: type[Flavor] | None = None
 
     @classmethod
     def load(cls, registry: ModelRegistry, name: str, reference: int | str | None = None) -> "Predictor":
         model = registry.get(name, reference)
-        if model.flavor not in ARTIFACTS:
-            raise RegistryError(f"model {name}:{model.version} has flavor {model.flavor!r}; "
-                                f"Orchard loads {', '.join(sorted(ARTIFACTS))}")
-        artifact = registry.read_file(name, model.version, model.card.get("artifact", ARTIFACTS[model.flavor]))
-        estimator = load_skops(artifact) if model.flavor == "sklearn" else load_keras(artifact)
+        flavor = flavor_class(model.flavor)
+        artifact = registry.read_file(name, model.version, model.card.get("artifact", flavor.artifact))
+        estimator = flavor.load(artifact, model.card.get("flavor_config", {}))
         transforms = None
         if model.card.get("transforms"):
             from features.transforms import TransformSet
 
             transforms = TransformSet.from_json(registry.read_file(name, model.version, model.card["transforms"]).decode())
-        return cls(model, estimator, transforms)
+        return cls(model, estimator, transforms, flavor)
 
     @property
     def signature(self) -> dict:
@@ -90,7 +84,7 @@ class Predictor:
         matrix = np.empty((len(rows), len(columns)), dtype=np.float64)
         missing = [name for name in columns if rows and name not in rows[0]]
         if missing:
-            raise RegistryError(f"model {self.model.name}:{self.model.version}: its transformations do not produce "
+            raise StateError(f"model {self.model.name}:{self.model.version}: its transformations do not produce "
                                 f"the model input(s) {missing}; the stored signature and transforms disagree")
         for row_number, row in enumerate(rows):
             for column, name in enumerate(columns):
@@ -101,39 +95,12 @@ class Predictor:
         return matrix
 
     def predict(self, instances: Sequence[Mapping[str, Any]], *, validated: bool = False) -> list:
-        features = self.matrix(instances, validated=validated)
-        classification = self.signature["task"] == "classification"
-        if self.model.flavor == "keras":
-            outputs = self.estimator(features.astype(np.float32), training=False).numpy().astype(np.float64)
-            if not classification:
-                return [float(value) for value in outputs.reshape(-1)]
-            classes = list(self.signature["classes"])
-            if outputs.shape[1] != len(classes):
-                raise RegistryError(f"model {self.model.name}:{self.model.version} has {outputs.shape[1]} outputs "
-                                    f"but its signature names {len(classes)} classes")
-            return _label_and_probabilities(outputs, classes)
-        if not classification:
-            return [float(value) for value in self.estimator.predict(features)]
-        return _label_and_probabilities(self._sklearn_probabilities(features), self._classes())
-
-    def _classes(self) -> list[str]:
-        return list(self.signature.get("classes") or [str(c) for c in self.estimator.classes_])
-
-    def _sklearn_probabilities(self, features: np.ndarray) -> np.ndarray:
-        """One column per signature class, in order, also for classes the estimator never saw in training."""
-        classes = self._classes()
-        known = [] if self.signature.get("classes") else list(range(len(classes)))
-        for value in self.estimator.classes_ if not known else ():
-            if isinstance(value, (int, np.integer)) and 0 <= value < len(classes):
-                known.append(int(value))  # trained on label-encoded targets: an index into the signature's classes
-            elif str(value) in classes:
-                known.append(classes.index(str(value)))  # trained on the class names themselves
-            else:
-                raise RegistryError(f"model {self.model.name}:{self.model.version}: the estimator's class {value!r} "
-                                    f"is neither a class nor a class index of the signature's {classes}")
-        probabilities = np.zeros((len(features), len(classes)))
-        probabilities[:, known] = self.estimator.predict_proba(features)
-        return probabilities
+        """A label and every class's probability per instance (classifier), or a number (regressor)."""
+        outputs = self.flavor.predict(self.estimator, self.matrix(instances, validated=validated), self.signature)
+        if self.signature["task"] != "classification":
+            return [float(value) for value in np.asarray(outputs).reshape(-1)]
+        classes = self.signature.get("classes") or [str(c) for c in getattr(self.estimator, "classes_", ())]
+        return _label_and_probabilities(np.asarray(outputs, dtype=np.float64), list(classes))
 
 
 def validate_instances(signature: Mapping[str, Any], instances: Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -180,28 +147,3 @@ def _checked(value: Any, datatype: str, where: str) -> Any:
     if not math.isfinite(value):
         raise InputError(f"{where} must be finite, got {value!r}")
     return float(value)
-
-
-def load_skops(data: bytes) -> Any:
-    import skops.io as sio
-
-    types = sio.get_untrusted_types(data=data)
-    refused = [t for t in types if not t.startswith(TRUSTED_MODULE_PREFIXES)]
-    if refused:
-        raise RegistryError(f"stored model contains types that are not trusted: {', '.join(refused)}")
-    return sio.loads(data, trusted=types)
-
-
-def load_keras(data: bytes) -> Any:
-    """A tf-keras model from the bytes of a native `.keras` file, in safe mode and without its optimizer."""
-    prepare_driver_environment()  # the legacy-Keras switch, before TensorFlow is first imported
-    import tf_keras
-
-    with tempfile.TemporaryDirectory(prefix="orchard-keras-") as folder:
-        path = os.path.join(folder, "model.keras")
-        with open(path, "wb") as handle:
-            handle.write(data)
-        try:
-            return tf_keras.models.load_model(path, compile=False, safe_mode=True)
-        except (ValueError, OSError) as error:
-            raise RegistryError(f"the stored network cannot be loaded: {error}") from None

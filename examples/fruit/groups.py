@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from features.definitions import EVENT_TIME_TYPE, Feature, FeatureGroup, FileSource
-from features.transforms import LabelEncoder, StandardScaler
-from features.views import FeatureView, Label, Selection
+from features import (
+                      EVENT_TIME_TYPE,
+                      Feature,
+                      FeatureGroup,
+                      FeatureView,
+                      FileSource,
+                      Label,
+                      LabelEncoder,
+                      Selection,
+                      StandardScaler,
+)
 
 LANDING = "landing/fruit"
 
@@ -55,8 +63,6 @@ FRUIT_MEASUREMENTS = FeatureGroup(
     ),
 )
 
-FEATURE_GROUPS = [FRUIT_MEASUREMENTS]
-
 FRUIT_CLASSIFICATION = FeatureView(
     name="fruit_classification",
     version=1,
@@ -67,4 +73,12 @@ FRUIT_CLASSIFICATION = FeatureView(
     transforms=(StandardScaler("weight_g"), StandardScaler("diameter_mm"), LabelEncoder("label")),
 )
 
-FEATURE_VIEWS = [FRUIT_CLASSIFICATION]
+APPLE_WEIGHT = FeatureView(
+    name="apple_weight",
+    version=1,
+    description="An apple's weight in grams from its diameter and colour (the lecture's \"(red, 9 cm) -> 120 g\").",
+    label=Label(group=FRUIT_MEASUREMENTS, target="weight_g", columns=("fruit_id",), where={"label": ("apple",)}),
+    selections=(Selection(FRUIT_MEASUREMENTS, ("red", "green", "blue", "diameter_mm"),
+                          join_keys={"fruit_id": "fruit_id"}),),
+    transforms=(StandardScaler("diameter_mm"),),
+)

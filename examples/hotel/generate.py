@@ -17,10 +17,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features import hotel
-from features.embedding import PAGES
-from features.sql import count_rows, insert_rows, resolve_database, update_rows, writing_table
-from features.synthetic import GeneratedSlice, begin_day, damage_lines
+from features import (
+    DataGenerator,
+    GeneratedSlice,
+    begin_day,
+    count_rows,
+    damage_lines,
+    insert_rows,
+    resolve_database,
+    update_rows,
+    writing_table,
+)
+from hotel import groups as hotel
+from hotel.embedding import PAGES
 from orchard.storage import Storage
 
 HOTELS = 40
@@ -31,6 +40,9 @@ _HABITS = (  # click shares over PAGES: search, hotel_page, photos, reviews, map
     (0.40, 0.25, 0.05, 0.05, 0.02, 0.18, 0.03, 0.02),
     (0.10, 0.30, 0.45, 0.05, 0.03, 0.02, 0.02, 0.03),
 )
+DEAL_HUNTERS = 1
+"""Index of the browsing habit (search and checkout heavy) whose users cancel most."""
+FAR_AWAY = ("US", "CA", "JP", "CN", "BR", "IN", "AU")
 _COUNTRY_SHARES = np.array([3, 3, 4, 2, 20, 2, 1, 2, 12, 10, 2, 1, 8, 6, 1, 3, 2, 3, 8, 2, 1, 1, 1, 1, 1], float)
 
 _BOOKING_DAMAGE = (
@@ -59,6 +71,26 @@ def _user_rows(rng: np.random.Generator, first: int, count: int, day_start: date
     return [{"user_ref": f"u-{first + i:06d}", "birth_date": date(1970, 1, 1) + timedelta(days=int(born[i])),
              "country": str(countries[i]), "accessibility_needs": bool(rng.random() < 0.05),
              "updated_at": day_start + timedelta(seconds=float(seconds[i]))} for i in range(count)]
+
+
+def _profiles(connection) -> dict[str, tuple[str, date]]:
+    """Each user's current home country and date of birth, as the accounts table holds them now."""
+    cursor = connection.cursor()
+    cursor.execute("SELECT user_ref, country, birth_date FROM users")
+    return {ref: (country, date.fromisoformat(str(born)[:10])) for ref, country, born in cursor.fetchall()
+            if ref is not None and born is not None}
+
+
+def _cancel_probability(users: np.ndarray, profiles: dict[str, tuple[str, date]], today: datetime) -> np.ndarray:
+    """Who cancels: deal hunters (a browsing habit the session embedding captures) most, then guests from far away
+    and the young (the age band); the rest rarely. About a third of bookings end up cancelled."""
+    habit = np.array([int(user[2:]) % len(_HABITS) for user in users])
+    country = [profiles.get(user, ("", today.date()))[0] for user in users]
+    born = [profiles.get(user, ("", date(1970, 1, 1)))[1] for user in users]
+    far = np.array([c in FAR_AWAY for c in country])
+    young = np.array([(today.date() - b).days < 25 * 365.25 for b in born])
+    logit = -2.3 + 3.0 * (habit == DEAL_HUNTERS) + 1.3 * far + 1.0 * young
+    return 1.0 / (1.0 + np.exp(-logit))
 
 
 def _damage_users(rows: list[dict], fraction: float, rng: np.random.Generator) -> int:
@@ -96,6 +128,7 @@ def write_hotel(storage: Storage, rows: int = 2000, seed: int = 0, location: str
             update_rows(connection, database, "users", USERS_TABLE, "row_id", [
                 {"row_id": int(r), "country": str(rng.choice(hotel.COUNTRIES)),
                  "updated_at": day_start + timedelta(hours=12, seconds=int(r))} for r in movers])
+        profiles = _profiles(connection)
     user_count = existing + len(new_users)
     bookers = np.array([f"u-{i:06d}" for i in range(1, (existing or user_count) + 1)])  # users who existed at dawn
 
@@ -107,16 +140,17 @@ def write_hotel(storage: Storage, rows: int = 2000, seed: int = 0, location: str
     check_in = (booked_at.normalize() + pd.to_timedelta(lead_days, unit="D")).strftime("%Y-%m-%d")
     nights = np.minimum(rng.geometric(0.35, rows), 14)
     rooms = np.minimum(rng.geometric(0.7, rows), 9)
+    users = rng.choice(bookers, rows)
     bookings = pd.DataFrame({
         "booking_id": [f"b-{day.number:04d}-{i:06d}" for i in range(rows)],
         "hotel_id": [f"h-{i + 1:03d}" for i in hotel_index],
-        "user_id": rng.choice(bookers, rows),
+        "user_id": users,
         "booked_at": booked_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "check_in": check_in,
         "nights": nights,
         "rooms": rooms,
         "hotel_rooms": capacity[hotel_index],
-        "status": np.where(rng.random(rows) < 0.1, "cancelled", "confirmed"),
+        "status": np.where(rng.random(rows) < _cancel_probability(users, profiles, day_start), "cancelled", "confirmed"),
         "price_eur": np.round(nights * rooms * rng.uniform(60, 250, rows), 2),
     })
     header, *records = bookings.to_csv(index=False).rstrip("\n").split("\n")
@@ -165,3 +199,7 @@ def write_hotel(storage: Storage, rows: int = 2000, seed: int = 0, location: str
         corrupt = (f"{location}/electricity/{folder}/spot_prices_partial.parquet",)
         storage.write_bytes(corrupt[0], buffer.getvalue()[: len(buffer.getvalue()) // 2])  # an upload cut short
     return GeneratedSlice("hotel", location, tuple(files) + corrupt, rows, bad, corrupt)
+
+
+GENERATOR = DataGenerator("hotel", write_hotel, "A day of bookings, user rows (SQL), web clicks and spot prices.",
+                          default_rows=2000)
