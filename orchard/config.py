@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
+from orchard.errors import ConfigError  # noqa: F401 - raised here, and imported from here by callers
+from orchard.projects import PROJECTS_ENV, ProjectRef, configured, shipped_folder
+
 DEFAULT_STORAGE = "orchard-data"
 
 # TensorFlow must see this before it is first imported, in the driver and in
@@ -20,12 +23,6 @@ DEFAULT_STORAGE = "orchard-data"
 LEGACY_KERAS_ENV = {"TF_USE_LEGACY_KERAS": "1"}
 # Whether the libraries' own logs are shown (--verbose), for every process of a job (see orchard.runtime).
 VERBOSE_ENV = "ORCHARD_VERBOSE"
-
-
-from orchard.errors import ConfigError
-from orchard.projects import PROJECTS_ENV, ProjectRef, configured, shipped_folder
-
-__all__ = ["ConfigError", "OrchardConfig", "normalize_storage_uri"]
 
 
 def normalize_storage_uri(value: str, cwd: Path | None = None) -> str:

@@ -1,6 +1,6 @@
 """What a model sees of a training dataset: its input columns, target, rows as arrays, and raw signature.
 
-Both trainers (scikit-learn in `training.trainer`, tf-keras in `training.dnn`)
+Both built-in flavors (`training.flavors.sklearn`, `training.flavors.keras`)
 turn a view's transformed training dataset into the same thing: a float32
 feature matrix and a target vector per block, with rows that hold a null in a
 feature or in the target dropped (a null means the point-in-time join found no
@@ -40,7 +40,7 @@ class ModelDataError(UsageError):
 
 
 class ModelDescription(Protocol):
-    """The fields both model specs share (`training.dnn.DnnSpec`, `training.trainer.SklearnSpec`)."""
+    """The fields of a model definition that its data depends on (`training.spec.ModelSpec` has them)."""
 
     name: str
     view: str

@@ -37,7 +37,7 @@ made-up 0.0 would teach the network a swell that never happened.
 `TF_USE_LEGACY_KERAS=1` must be set before TensorFlow is first imported:
 Keras 3 fails inside Ray Train's MultiWorkerMirroredStrategy, tf-keras works.
 The workers and the Train controller get it from the runtime env
-(`OrchardConfig.runtime_env`); `train_dnn` sets it in the driver before
+(`OrchardConfig.runtime_env`); `train_network` sets it in the driver before
 importing `ray.train.tensorflow`, which imports TensorFlow itself.
 """
 
