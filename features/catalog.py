@@ -65,7 +65,3 @@ def get_view(ref: str) -> FeatureView:
 def generators() -> dict[str, DataGenerator]:
     """The active projects' development data generators, by name."""
     return {name: item.value for name, item in collect(DataGenerator, lambda g: g.name, "data generators").items()}
-
-
-def get_generator(name: str) -> DataGenerator:
-    return lookup(collect(DataGenerator, lambda g: g.name, "data generators"), name, "data generator")

@@ -200,13 +200,12 @@ def datasets_create(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Join a feature view point-in-time, split it, fit its transformations, store it as a new version."""
-    from features.datasets import DatasetError
     from pipelines.datasets import run
 
     try:
         with stdout_reserved_for_json(as_json):
             metadata = run(context.obj, view, split, seed, quiet=as_json)
-    except (DatasetError, OrchardError, ValueError) as error:
+    except (OrchardError, ValueError) as error:
         raise typer.BadParameter(str(error), param_hint="VIEW or --split") from None
     emit(metadata, as_json=as_json, human=lambda m: (
         f"{m['view']} training dataset version {m['version']}: "
@@ -235,12 +234,12 @@ def datasets_show(
 ) -> None:
     """Show a training dataset's metadata: table versions read, split, row counts, justifications."""
     from features.catalog import get_view
-    from features.datasets import DatasetError, TrainingDataset
+    from features.datasets import TrainingDataset
     from orchard.storage import Storage
 
     try:
         dataset = TrainingDataset.open(Storage(context.obj.storage), get_view(view), version)
-    except (DatasetError, OrchardError) as error:
+    except OrchardError as error:
         raise typer.BadParameter(str(error), param_hint="VIEW") from None
     emit(dataset.metadata, as_json=as_json)
 
