@@ -147,6 +147,29 @@ def _keep_where(batch: pa.Table, where: dict[str, list]) -> pa.Table:
     return batch.filter(keep)
 
 
+def join_features(store: OfflineStore, view: FeatureView, labels: "ray.data.Dataset",
+                  versions: dict[str, int]) -> tuple["ray.data.Dataset", dict[str, int]]:
+    """The view's features joined point-in-time to label rows (the label group's columns and event time, derived
+    columns included): one join per group, in the view's order, since a later group may join on a column an
+    earlier one brought. Reads each group at `versions[ref]` (filled in with the current version where absent).
+    Returns the joined rows and, per group, the label rows it had no row for."""
+    label_time = view.label.group.event_time
+    joined, unmatched = labels, {}
+    for selection in view.selections:
+        version = versions.setdefault(selection.group.ref, _version(store, selection.group))
+        renames = {f: selection.output_name(f) for f in selection.features}
+        columns = list(dict.fromkeys([*selection.join_keys, selection.group.event_time, *selection.features]))
+        rows = store.read(selection.group, version=version, columns=columns)
+        if any(old != new for old, new in renames.items()):
+            rows = rows.rename_columns({old: new for old, new in renames.items() if old != new})
+        keys = tuple(selection.join_keys)
+        joined, stats = point_in_time_join(joined, label_time, [AsOfSource(
+            name=selection.group.ref, dataset=rows, keys=keys, label_keys=tuple(selection.join_keys[k] for k in keys),
+            event_time=selection.group.event_time, features=tuple(renames.values()), ttl=selection.ttl)])
+        unmatched.update(stats.unmatched)
+    return joined, unmatched
+
+
 def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSplit | TimeSplit) -> dict:
     """Build, split, fit and publish a new version of the view's training dataset; returns its metadata."""
     view.check_sensitive()
@@ -165,19 +188,7 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
     if label.derive is not None:
         labels = labels.map_batches(label.derive, batch_format="pyarrow")
 
-    joined, unmatched = labels, {}
-    for selection in view.selections:  # one join per group: a later group may join on a column an earlier one brought
-        version = versions.setdefault(selection.group.ref, _version(store, selection.group))
-        renames = {f: selection.output_name(f) for f in selection.features}
-        columns = list(dict.fromkeys([*selection.join_keys, selection.group.event_time, *selection.features]))
-        rows = store.read(selection.group, version=version, columns=columns)
-        if any(old != new for old, new in renames.items()):
-            rows = rows.rename_columns({old: new for old, new in renames.items() if old != new})
-        keys = tuple(selection.join_keys)
-        joined, stats = point_in_time_join(joined, label_time, [AsOfSource(
-            name=selection.group.ref, dataset=rows, keys=keys, label_keys=tuple(selection.join_keys[k] for k in keys),
-            event_time=selection.group.event_time, features=tuple(renames.values()), ttl=selection.ttl)])
-        unmatched.update(stats.unmatched)
+    joined, unmatched = join_features(store, view, labels, versions)
 
     rule = split.describe()
     output_columns = [*label_columns, *([label.target] if label.target not in label_columns else []),

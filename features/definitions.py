@@ -138,6 +138,9 @@ class FeatureGroup:
     partition_by_event_date: bool = False
     """Store the table in one folder per UTC event date: worth it for long event streams, where a run's
     duplicate check then reads only the dates the run touches; not for small dimension tables."""
+    online: bool = False
+    """Keep each key's latest row in the online store too (`features.online`), for predictions by entity key:
+    materialized after every run of the group and by `orchard features materialize`."""
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -231,8 +231,22 @@ def _read_sql(read: _SqlRead, group: FeatureGroup):
     )
 
 
-def run_feature_pipeline(storage: Storage, group: FeatureGroup, databases: Mapping[str, str] | None = None) -> RunReport:
-    """One incremental run of a group's pipeline: its new source data, or for an aggregation, its upstream's."""
+def run_feature_pipeline(storage: Storage, group: FeatureGroup, databases: Mapping[str, str] | None = None,
+                         online_store: str | None = None) -> RunReport:
+    """One incremental run of a group's pipeline: its new source data, or for an aggregation, its upstream's.
+
+    An online group's new rows then go to the online store (`online_store`: its URL, None for the embedded
+    default); that step also catches up after a run that died between its commit and its materialization.
+    """
+    report = _run_offline(storage, group, databases)
+    if not group.online:
+        return report
+    from features.materialize import materialize
+
+    return replace(report, materialized=materialize(storage, group, online_store).to_dict())
+
+
+def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, str] | None) -> RunReport:
     OfflineStore(storage).check_schema(group)
     if group.aggregation is not None:
         from features.aggregation_pipeline import run_aggregation

@@ -27,6 +27,8 @@ class RunReport:
     kind: str = "ingest"
     """"ingest" (sources -> rows; rows_read = written + quarantined + duplicate) or "aggregation"
     (rows_read upstream rows folded into rows_written per-key totals)."""
+    materialized: dict | None = None
+    """For an online group, what the materialization after the run did (`features.materialize`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

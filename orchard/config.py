@@ -87,6 +87,9 @@ class OrchardConfig:
     """SQL connection URLs by database name, from ORCHARD_SQL_<NAME> (kept out of repr: they may hold passwords)."""
     projects: tuple[ProjectRef, ...] = ()
     """The user's projects to load (`orchard.projects`): --project, else ORCHARD_PROJECTS, else pyproject.toml."""
+    online_store: str | None = field(default=None, repr=False)
+    """ORCHARD_ONLINE_STORE: a redis:// URL (it may hold a password: kept out of repr), or None for the embedded
+    SQLite file under the storage root (`features.online`)."""
     verbose: bool = False
     """Show Ray's and the libraries' own logs (--verbose); otherwise a healthy run prints only Orchard's output."""
 
@@ -120,6 +123,7 @@ class OrchardConfig:
             serve_port=port if port is not None else 8000,
             databases=databases_from(env),
             projects=configured(projects, env, cwd or Path.cwd()),
+            online_store=env.get("ORCHARD_ONLINE_STORE") or None,
             verbose=verbose or env.get(VERBOSE_ENV) == "1",
         )
 

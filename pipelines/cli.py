@@ -191,6 +191,65 @@ def features_run(
     run_command(context.obj, group, follow_=follow, interval=interval, as_json=as_json)
 
 
+@features_app.command("materialize")
+def features_materialize(
+    context: typer.Context,
+    groups: List[str] = typer.Argument(None, help="Online feature groups as name[:version] (default: every online "
+                                                  "group)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Bring online groups' latest rows per key from the offline tables into the online store (only what changed
+    since the last materialization). Env: ORCHARD_ONLINE_STORE (redis://...; default an SQLite file in storage)."""
+    from features.catalog import all_groups, get_group
+    from features.materialize import materialize
+    from orchard.runtime import ray_session
+    from orchard.storage import Storage
+
+    config = context.obj
+    chosen = [get_group(ref) for ref in groups] if groups else [g for g in all_groups() if g.online]
+    if not chosen:
+        raise typer.BadParameter("no feature group is online; set online=True on the groups to serve by key",
+                                 param_hint="GROUP")
+    with stdout_reserved_for_json(as_json), ray_session(config, quiet=as_json):
+        reports = [materialize(Storage(config.storage), group, config.online_store).to_dict() for group in chosen]
+    emit(reports, as_json=as_json, human=lambda rows: "\n".join(
+        f"{r['group']}: table version {r['table_version']} in {r['store']}: {r['files_read']} new files, "
+        f"{r['rows_read']} rows read, {r['keys']} keys ({r['seconds']:.1f} s)" for r in rows))
+
+
+@features_app.command("get")
+def features_get(
+    context: typer.Context,
+    view: str = typer.Argument(..., help="Feature view as name[:version]."),
+    keys: List[str] = typer.Argument(..., help="The entity's columns as column=value (say beach_id=b-01)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Look up one entity's feature vector in the online store, as the prediction service does."""
+    from features.catalog import get_view
+    from features.online import open_online_store
+    from features.vectors import online_vectors
+    from orchard.storage import Storage
+
+    entity = {}
+    for item in keys:
+        column, sep, value = item.partition("=")
+        if not sep or not column:
+            raise typer.BadParameter(f"{item!r} is not column=value", param_hint="KEYS")
+        entity[column] = value
+    config = context.obj
+    store = open_online_store(config.online_store, Storage(config.storage))
+    try:
+        vectors = online_vectors(get_view(view), [entity], store)
+    finally:
+        store.close()
+    row = vectors.rows()[0]
+    result = {"view": get_view(view).ref, "entity": entity, "features": {c: row[c] for c in get_view(view).feature_columns()},
+              "groups": vectors.sources[0]}
+    emit(result, as_json=as_json, human=lambda r: "\n".join(
+        [*(f"{name:28} {value}" for name, value in r["features"].items()),
+         *(f"{ref:28} {used['status']} (event time {used['event_time']})" for ref, used in r["groups"].items())]))
+
+
 @datasets_app.command("create")
 def datasets_create(
     context: typer.Context,
@@ -242,6 +301,26 @@ def datasets_show(
     except OrchardError as error:
         raise typer.BadParameter(str(error), param_hint="VIEW") from None
     emit(dataset.metadata, as_json=as_json)
+
+
+@app.command()
+def predict(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="Model as name, name:version or name@alias (default: production)."),
+    source: str = typer.Option(..., "--input", help="A feature group, or a Parquet or CSV path (entity columns and a "
+                                                   "time, or raw rows with the model's inputs)."),
+    time_column: Optional[str] = typer.Option(None, "--time-column", help="The input's time column."),
+    at: Optional[str] = typer.Option(None, "--at", help="One time for every row (ISO, UTC unless it says)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Most actors predicting at once."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Batch inference: predict a table with a model version, features joined point-in-time at each row's time;
+    appends to the Delta table predictions/batch/MODEL (a re-run with the same arguments adds nothing)."""
+    from pipelines.batch_inference import describe, run
+
+    with stdout_reserved_for_json(as_json):
+        report = run(context.obj, model, source, time_column=time_column, at=at, workers=workers, quiet=as_json)
+    emit(report, as_json=as_json, human=describe)
 
 
 @app.command()

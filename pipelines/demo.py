@@ -118,7 +118,7 @@ def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, e
             if day == 1:
                 step(2, "running the feature pipelines on Ray Data into the offline store, after every day")
             for group in groups:
-                report = run_feature_pipeline(storage, group, config.databases)
+                report = run_feature_pipeline(storage, group, config.databases, config.online_store)
                 echo(f"      day {day}, {group.ref}: {report.rows_written} rows from {report.files_read} source(s) "
                      f"(table version {report.table_version})")
                 previous = summary["features"].get(group.ref, {"rows_written": 0})

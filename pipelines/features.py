@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def run(config: OrchardConfig, group_ref: str, *, quiet: bool = False) -> RunReport:
     group = get_group(group_ref)
     with ray_session(config, quiet=quiet):
-        return run_feature_pipeline(Storage(config.storage), group, config.databases)
+        return run_feature_pipeline(Storage(config.storage), group, config.databases, config.online_store)
 
 
 def follow(config: OrchardConfig, group_ref: str, interval: float, on_report: Callable[[RunReport], None],
@@ -55,7 +55,7 @@ def follow(config: OrchardConfig, group_ref: str, interval: float, on_report: Ca
             signal.signal(sig, request_stop)
         try:
             while not stop.is_set():
-                on_report(run_feature_pipeline(Storage(config.storage), group, config.databases))
+                on_report(run_feature_pipeline(Storage(config.storage), group, config.databases, config.online_store))
                 runs += 1
                 stop.wait(interval)
         finally:

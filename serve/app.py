@@ -34,10 +34,10 @@ import time
 import uuid
 from typing import Any, Optional
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -60,13 +60,26 @@ api = FastAPI(title="Orchard prediction service", version="1",
 
 
 class PredictRequest(BaseModel):
-    instances: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_INSTANCES)
+    """Either `instances` (raw feature values) or `entities` (the view's entity columns, with any request-time
+    values: the service looks the other features up in the online store)."""
+
+    instances: Optional[list[dict[str, Any]]] = Field(None, min_length=1, max_length=MAX_INSTANCES)
+    entities: Optional[list[dict[str, Any]]] = Field(None, min_length=1, max_length=MAX_INSTANCES)
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.instances is None) == (self.entities is None):
+            raise ValueError("give either 'instances' (feature values) or 'entities' (keys to look features up by)")
+        return self
 
 
 class PredictResponse(BaseModel):
     predictions: list[Any]
     model: str
     version: int
+    features: Optional[list[dict[str, Any]]] = None
+    """For entities: per entity and group, the event time of the row used and its status (ok, missing, expired,
+    future); an entity whose features are missing gets a null prediction, as training drops such rows."""
 
 
 class InferRequest(BaseModel):
@@ -211,10 +224,16 @@ def refreeze() -> None:
 @serve.ingress(api)
 class PredictionService:
     def __init__(self, storage_uri: str, max_models_per_replica: int = 4, canary: dict | None = None,
-                 alias_ttl_s: float = ALIAS_TTL_S, log_predictions: bool = True):
+                 alias_ttl_s: float = ALIAS_TTL_S, log_predictions: bool = True, online_store: str | None = None):
+        import os
+
         from serve.prediction_log import PredictionLog
 
         self._storage = Storage(storage_uri)
+        # The online store's URL may hold a password: from the app's arguments or the replica's environment.
+        self._online_url = online_store or os.environ.get("ORCHARD_ONLINE_STORE") or None
+        self._online = None
+        self._views: dict[str, Any] = {}
         self._registry = ModelRegistry(self._storage)
         registry = self._registry
 
@@ -324,20 +343,81 @@ class PredictionService:
                 start += len(requests[i])
         return answers
 
+    # -- features by entity key
+    def _online_store(self):
+        if self._online is None:
+            from features.online import open_online_store
+
+            self._online = open_online_store(self._online_url, self._storage)
+        return self._online
+
+    def _view(self, ref: str):
+        if ref not in self._views:
+            from features.catalog import get_view
+
+            self._views[ref] = get_view(ref)
+        return self._views[ref]
+
+    def _lookup(self, view_ref: str, entities: list[dict]):
+        from features.vectors import online_vectors
+
+        return online_vectors(self._view(view_ref), entities, self._online_store())
+
+    async def _entity_instances(self, card: dict, entities: list[dict]) -> tuple[list[dict | None], list[dict]]:
+        """Each entity's raw model inputs (None where a looked-up feature is missing) and what was used per group.
+
+        The features come from the online store; request-time values the entity carries (inputs the view does not
+        look up) are taken from it. Raw values are then checked and transformed like any instance."""
+        view_ref = card["lineage"]["view"]
+        vectors = await asyncio.to_thread(self._lookup, view_ref, entities)
+        looked_up = set(self._view(view_ref).feature_columns())
+        names = [item["name"] for item in card["signature"]["inputs"]]
+        instances: list[dict | None] = []
+        for entity, row in zip(entities, vectors.rows()):
+            instance = {name: row[name] if name in looked_up else entity.get(name) for name in names}
+            instances.append(None if any(instance[n] is None and n in looked_up for n in names) else instance)
+        return instances, vectors.sources
+
+    async def _predict_entities(self, name: str, version: int, card: dict, entities: list[dict], protocol_name: str):
+        instances, sources = await self._entity_instances(card, entities)
+        complete = [instance for instance in instances if instance is not None]
+        predicted, request_id = await self._predict(name, version, card, complete, protocol_name) if complete \
+            else ([], None)
+        answers = iter(predicted)
+        return [next(answers) if instance is not None else None for instance in instances], sources, request_id
+
+    @api.get("/v1/features/{view}")
+    async def features(self, view: str, request: Request) -> dict:
+        """One entity's feature vector from the online store: the view's entity columns as query parameters
+        (`?beach_id=b-01`), the newest view version unless `view` is name:version."""
+        from features.vectors import entity_columns
+
+        definition = await asyncio.to_thread(self._view, view)
+        entity = dict(request.query_params)
+        vectors = await asyncio.to_thread(self._lookup, definition.ref, [entity])
+        row = vectors.rows()[0]
+        return {"view": definition.ref, "entity": entity, "entity_columns": entity_columns(definition),
+                "features": {c: row[c] for c in definition.feature_columns()}, "groups": vectors.sources[0]}
+
     # -- simple JSON
-    @api.post("/v1/models/{name}:predict", response_model=PredictResponse)
-    async def predict(self, name: str, body: PredictRequest):
-        """Predict with the `production` version (or the canary split configured for the model)."""
-        version, card = await self._resolve(name, None)
+    async def _v1(self, name: str, version: int | None, body: PredictRequest) -> PredictResponse:
+        version, card = await self._resolve(name, version)
+        if body.entities is not None:
+            predictions, sources, _ = await self._predict_entities(name, version, card, body.entities, "v1")
+            return PredictResponse(predictions=predictions, model=name, version=version, features=sources)
         predictions, _ = await self._predict(name, version, card, body.instances, "v1")
         return PredictResponse(predictions=predictions, model=name, version=version)
 
-    @api.post("/v1/models/{name}/versions/{version}:predict", response_model=PredictResponse)
+    @api.post("/v1/models/{name}:predict", response_model=PredictResponse, response_model_exclude_none=True)
+    async def predict(self, name: str, body: PredictRequest):
+        """Predict with the `production` version (or the canary split configured for the model)."""
+        return await self._v1(name, None, body)
+
+    @api.post("/v1/models/{name}/versions/{version}:predict", response_model=PredictResponse,
+              response_model_exclude_none=True)
     async def predict_version(self, name: str, version: int, body: PredictRequest):
         """Predict with one exact version."""
-        version, card = await self._resolve(name, version)
-        predictions, _ = await self._predict(name, version, card, body.instances, "v1")
-        return PredictResponse(predictions=predictions, model=name, version=version)
+        return await self._v1(name, version, body)
 
     @api.get("/v1/models")
     def list_models(self) -> dict:
@@ -383,11 +463,44 @@ class PredictionService:
     async def _infer(self, name: str, version: int | None, body: InferRequest):
         version, card = await self._resolve(name, version)
         signature = card["signature"]
-        instances = protocol.instances_from_tensors(signature, body.inputs, MAX_INSTANCES)
-        predictions, request_id = await self._predict(name, version, card, instances, "v2")
+        entity_inputs = await self._entity_tensor_names(card, body.inputs)
+        parameters = None
+        if entity_inputs is None:
+            instances = protocol.instances_from_tensors(signature, body.inputs, MAX_INSTANCES)
+            predictions, request_id = await self._predict(name, version, card, instances, "v2")
+        else:  # the key columns as tensors: features from the online store
+            entities = protocol.rows_from_tensors(body.inputs, entity_inputs, MAX_INSTANCES)
+            predictions, sources, request_id = await self._predict_entities(name, version, card, entities, "v2")
+            lacking = [(i, ref) for i, used in enumerate(sources) for ref, u in used.items() if u["status"] != "ok"]
+            if lacking:  # a tensor has no nulls: refuse rather than answer in part
+                index, ref = lacking[0]
+                raise InputError(f"entity {index} has no usable {ref} row ({sources[index][ref]['status']}); "
+                                 f"{len({i for i, _ in lacking})} of {len(entities)} entities lack features")
+            parameters = {"features": sources}
         answer = {"model_name": name, "model_version": str(version), "id": body.id or request_id,
                   "outputs": protocol.output_tensors(signature, predictions)}
+        if parameters is not None:
+            answer["parameters"] = parameters
         return answer
+
+    async def _entity_tensor_names(self, card: dict, inputs: Any) -> dict[str, str] | None:
+        """{tensor name: accepted datatype} when a V2 request gives the view's entity columns instead of the
+        model's inputs, None for an ordinary request."""
+        if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
+            return None
+        given = {t.get("name") for t in inputs}
+        inputs_of_model = {item["name"] for item in card["signature"]["inputs"]}
+        if given == inputs_of_model or "lineage" not in card:
+            return None
+        from features.vectors import entity_columns
+
+        view = await asyncio.to_thread(self._view, card["lineage"]["view"])
+        keys = entity_columns(view)
+        if not set(keys) <= given:
+            return None
+        request_time = {item["name"]: item.get("datatype", "FP64") for item in card["signature"]["inputs"]
+                        if item["name"] not in view.feature_columns()}
+        return {**{key: "ANY" for key in keys}, **request_time}
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -395,7 +508,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
 
     Arguments: `storage` (required), `max_models_per_replica` (default 4), `canary`
     ({model: {alias: share}}), `alias_ttl_s` (default 2), `log_predictions` (default true),
-    `replica_cpus` (CPUs of each replica, default 0.5).
+    `replica_cpus` (CPUs of each replica, default 0.5), `online_store` (the online store's URL; default the
+    replicas' ORCHARD_ONLINE_STORE, else the SQLite file under a local storage root).
     """
     if not args.get("storage"):
         raise ValueError("the application needs the argument 'storage' (the storage root URI)")
@@ -404,7 +518,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     canary = check_canary(args.get("canary") or {})
     return PredictionService.options(ray_actor_options=actor_options).bind(
         storage, int(args.get("max_models_per_replica", 4)), canary, float(args.get("alias_ttl_s", ALIAS_TTL_S)),
-        str(args.get("log_predictions", True)).lower() not in ("false", "0", "no"))
+        str(args.get("log_predictions", True)).lower() not in ("false", "0", "no"), args.get("online_store") or None)
 
 
 def replica_urls(name: str = "orchard", *, wait_s: float = 0) -> list[str]:
@@ -462,5 +576,7 @@ def stop_serving() -> None:
 def deploy(config: OrchardConfig, *, name: str = "orchard", route_prefix: str = "/", **args: Any) -> str:
     """Start Serve's HTTP proxy on the configured port, deploy the app, return its URL (the proxy's)."""
     serve.start(http_options={"host": config.serve_host, "port": config.serve_port})
+    if config.online_store:
+        args.setdefault("online_store", config.online_store)
     serve.run(build_app({"storage": config.storage, **args}), name=name, route_prefix=route_prefix, blocking=False)
     return config.serve_url() + route_prefix.rstrip("/")

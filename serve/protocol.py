@@ -25,9 +25,14 @@ ACCEPTED_DATATYPES = {
 
 def instances_from_tensors(signature: Mapping[str, Any], inputs: Any, max_instances: int) -> list[dict]:
     """V2 `inputs` (one tensor of shape [N] or [N, 1] per feature) -> N rows of feature values."""
+    expected = {item["name"]: item.get("datatype", "FP64") for item in signature["inputs"]}
+    return rows_from_tensors(inputs, expected, max_instances)
+
+
+def rows_from_tensors(inputs: Any, expected: Mapping[str, str], max_instances: int) -> list[dict]:
+    """V2 `inputs` -> N rows of the `expected` tensors ({name: signature datatype, or "ANY"}), all required."""
     if not isinstance(inputs, list) or not inputs:
         raise InputError("'inputs' must be a non-empty list of tensors")
-    expected = {item["name"]: item.get("datatype", "FP64") for item in signature["inputs"]}
     columns: dict[str, list] = {}
     rows = None
     for position, tensor in enumerate(inputs):
@@ -43,7 +48,7 @@ def instances_from_tensors(signature: Mapping[str, Any], inputs: Any, max_instan
             raise InputError(f"{where} is not an input of the model; its inputs are {', '.join(expected)}")
         if name in columns:
             raise InputError(f"{where} is given twice")
-        if datatype not in ACCEPTED_DATATYPES[expected[name]]:
+        if expected[name] != "ANY" and datatype not in ACCEPTED_DATATYPES[expected[name]]:
             raise InputError(f"{where} has datatype {datatype!r}; the model takes {expected[name]}")
         if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)

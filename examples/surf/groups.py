@@ -47,6 +47,7 @@ BUOY_READINGS = FeatureGroup(
                         columns={"buoy_id": "station", "read_at": "time", "swell_height_m": "hs",
                                  "swell_period_s": "tp", "swell_direction_deg": "dir"}),),
     partition_by_event_date=True,
+    online=True,
 )
 
 BEACHES = FeatureGroup(
@@ -66,6 +67,7 @@ BEACHES = FeatureGroup(
     ),
     sources=(SqlSource(name="beach_registry", database=DATABASE, table="beaches", watermark="updated_at",
                        row_id="row_id"),),
+    online=True,
 )
 
 SURF_OBSERVATIONS = FeatureGroup(

@@ -16,7 +16,7 @@ from features.transforms import TransformSet
 from tests.helpers import failure_looking_lines, free_port, processes_mentioning
 from training.catalog import model_specs
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~4 min: beyond make test's budget
 
 DEMO_MODELS = tuple(model_specs())  # every model of the example projects, which the demo loads with no project set
 

@@ -28,7 +28,7 @@ from training.catalog import get_spec
 from training.flavors.keras import train_network
 from training.predictor import Predictor
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # two networks trained, ~3 min
 
 FRUIT_SPEC = get_spec("fruit_dnn_classifier")
 
