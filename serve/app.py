@@ -46,6 +46,7 @@ from orchard.errors import OrchardError
 from orchard.registry import ModelRegistry, RegistryError, default_version
 from orchard.storage import Storage
 from serve import protocol
+from serve.binary_tensors import TensorBinaryExtension
 from training.flavors import flavor_class
 from training.predictor import InputError, Predictor, validate_instances
 
@@ -55,7 +56,23 @@ MAX_INSTANCES = 1000
 MAX_BODY_BYTES = 1_000_000
 ALIAS_TTL_S = 2.0
 
-api = FastAPI(title="Orchard prediction service", version="1",
+class ErrorDocument(BaseModel):
+    error: str = Field(description="What was wrong, naming the field, tensor, model, version or key.")
+
+
+# Every error status the service answers, declared for every route (with the error document's schema) in the
+# OpenAPI description; FastAPI's own 422 schema is replaced, since the service answers its errors in this form.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {status: {"model": ErrorDocument, "description": meaning} for
+                                                    status, meaning in {
+    400: "The body cannot be read: malformed binary tensor data or a header that does not fit it.",
+    404: "No such model, version, alias, feature view, or entity key.",
+    413: "The body is larger than the service accepts.",
+    422: "The request is well-formed but its instances, tensors or entities are not what the model takes.",
+    500: "A stored model version is damaged (its checksums do not match).",
+    503: "The online store cannot be reached.",
+}.items()}
+
+api = FastAPI(title="Orchard prediction service", version="1", responses=ERROR_RESPONSES,
               description="Versioned classifiers and regressors from the Orchard model registry.")
 
 
@@ -85,6 +102,8 @@ class PredictResponse(BaseModel):
 class InferRequest(BaseModel):
     id: Optional[str] = None
     inputs: list[dict[str, Any]] = Field(min_length=1)
+    outputs: Optional[list[dict[str, Any]]] = None
+    """The outputs to return (by name, with their parameters); all of them when absent."""
     parameters: Optional[dict[str, Any]] = None
 
 
@@ -159,7 +178,8 @@ class BodySizeLimit:
         await _error(413, f"the request body is larger than {self.limit} bytes")(scope, receive, send)
 
 
-api.add_middleware(BodySizeLimit)
+api.add_middleware(TensorBinaryExtension)
+api.add_middleware(BodySizeLimit)  # added last, so it runs first: no body over the limit is read or decoded
 
 
 # The helpers the deployments call are defined above them on purpose: Serve serializes the ingress class when
@@ -478,7 +498,7 @@ class PredictionService:
                                  f"{len({i for i, _ in lacking})} of {len(entities)} entities lack features")
             parameters = {"features": sources}
         answer = {"model_name": name, "model_version": str(version), "id": body.id or request_id,
-                  "outputs": protocol.output_tensors(signature, predictions)}
+                  "outputs": protocol.requested_outputs(protocol.output_tensors(signature, predictions), body.outputs)}
         if parameters is not None:
             answer["parameters"] = parameters
         return answer

@@ -95,6 +95,20 @@ def output_tensors(signature: Mapping[str, Any], predictions: Sequence[Any]) -> 
     return [{"name": name, "datatype": "FP64", "shape": [rows], "data": list(predictions)}]
 
 
+def requested_outputs(outputs: list[dict], requested: list[dict] | None) -> list[dict]:
+    """The outputs a request names, in its order (all of them when it names none); an unknown name is an error."""
+    if not requested:
+        return outputs
+    by_name = {output["name"]: output for output in outputs}
+    chosen = []
+    for position, item in enumerate(requested):
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if name not in by_name:
+            raise InputError(f"outputs[{position}] asks for {name!r}; the model's outputs are {', '.join(by_name)}")
+        chosen.append(by_name[name])
+    return chosen
+
+
 def model_metadata(name: str, versions: Sequence[int], card: Mapping[str, Any]) -> dict:
     """V2 model metadata: name, versions, platform, inputs and outputs with datatypes and shapes."""
     signature = card["signature"]
