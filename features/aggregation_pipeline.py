@@ -1,23 +1,33 @@
 """Incremental runs of aggregated feature groups (computed per key from another group).
 
 A run reads only the upstream table's data files added since the version its
-checkpoint names, reduces every block to per-key partial totals where it lies
-(map side), merges those small partials with the table's latest totals for the
-keys they touch, and commits one new row per touched key. Each row's event time
-(`as_of`) is at least the newest upstream event time it includes, so a
-point-in-time join never sees a total that counts a later event.
+checkpoint names. Each block is cut by upstream event time into the group's
+granularity intervals and reduced to per-key partial totals per interval where
+it lies (map side), so blocks shrink before anything moves. One task then
+merges the partials of each interval and walks the intervals in time order,
+keeping each touched key's running totals: the key's stored totals from before
+the run's earliest interval, plus the run's new partials so far. For every
+interval in which a key got new events, and for every later interval the key
+already has a row for (late data), it writes the key's totals as of the
+interval's end, with that end as the row's event time and the run's upstream
+table version as its ingestion order. A total therefore counts exactly the
+upstream events before its event time, whatever the run cadence: a label at
+that time never sees a later event, nor its own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.definitions import Aggregation, FeatureGroup
+from features.definitions import INGESTED_COLUMN, Aggregation, FeatureGroup
 from features.delta_sink import DeltaCommitSink
+from features.online import encode_keys
 from features.runs import RunReport, new_run_id, record_run
 from features.store import OfflineStore
 from features.validation import check_expectations
@@ -25,96 +35,176 @@ from orchard.storage import Storage
 
 log = logging.getLogger(__name__)
 
-
-_ROWS, _NEWEST = "_rows", "_newest"
-
-
-def _partial_with_newest(batch: pa.Table, partial, event_time: str) -> pa.Table:
-    """A block's partial totals with two side columns: its row count (on the first row) and its newest event time.
-
-    A block with nothing to total (say, only cancelled bookings) still reports
-    its row count, on one row of nulls that the combine step drops.
-    """
-    totals = partial(batch)
-    newest = pc.max(batch.column(event_time)).as_py() if totals.num_rows else None
-    if totals.num_rows == 0:
-        totals = pa.table({field.name: pa.nulls(1, field.type) for field in totals.schema})
-    counts = pa.array([batch.num_rows] + [0] * (totals.num_rows - 1), pa.int64())
-    return totals.append_column(_ROWS, counts).append_column(
-        _NEWEST, pa.array([newest] * totals.num_rows, batch.schema.field(event_time).type))
+_ROWS, _BUCKET, _KEY = "_rows", "_bucket", "_key"
+_DAY_US = 86_400_000_000
+_US = timedelta(microseconds=1)
 
 
-def _upstream_key(group: FeatureGroup) -> str:
-    return f"upstream:{group.aggregation.upstream.ref}"
+def _micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy(zero_copy_only=False)
 
 
-def _latest_per_key(table: pa.Table, key: list[str], event_time: str) -> pa.Table:
-    """Each key's newest row."""
+def _interval_partials(batch: pa.Table, partial, event_time: str, granularity_us: int) -> pa.Table:
+    """A block's partial totals per key and interval end (`_bucket`, µs), and its row count on the first row.
+
+    A block with nothing to total (say, only cancelled bookings) still reports its row count, on one row whose
+    `_bucket` is null."""
+    pieces = []
+    if batch.num_rows:
+        ends = (_micros(batch.column(event_time)) // granularity_us + 1) * granularity_us
+        order = np.argsort(ends, kind="stable")
+        ordered = batch.take(pa.array(order))
+        values, starts = np.unique(ends[order], return_index=True)
+        bounds = [*starts.tolist(), len(order)]
+        for end, start, stop in zip(values.tolist(), bounds, bounds[1:]):
+            totals = partial(ordered.slice(start, stop - start))
+            if totals.num_rows:
+                pieces.append(totals.append_column(_BUCKET, pa.array([end] * totals.num_rows, pa.int64())))
+    table = pa.concat_tables(pieces) if pieces else pa.table({_BUCKET: pa.nulls(1, pa.int64())})
+    counts = pa.array([batch.num_rows] + [0] * (table.num_rows - 1), pa.int64())
+    return table.append_column(_ROWS, counts)
+
+
+def _with_key(table: pa.Table, group: FeatureGroup) -> pa.Table:
+    keys = encode_keys(group, [table.column(name) for name in group.primary_key])
+    return table.append_column(_KEY, keys)
+
+
+def _new_totals(group: FeatureGroup, *partials: pa.Table) -> tuple[pa.Table | None, int, int | None]:
+    """(the run's totals per key and interval, keyed; upstream rows read; earliest interval end or None)."""
+    collected = pa.concat_tables(partials, promote_options="default")
+    rows_read = pc.sum(collected.column(_ROWS)).as_py() or 0
+    collected = collected.filter(pc.is_valid(collected.column(_BUCKET))).drop_columns([_ROWS])
+    if collected.num_rows == 0:
+        return None, rows_read, None
+    combine = group.aggregation.combine
+    pieces = []
+    for end in sorted(set(collected.column(_BUCKET).to_pylist())):
+        merged = combine(collected.filter(pc.equal(collected.column(_BUCKET), end)).drop_columns([_BUCKET]))
+        pieces.append(merged.append_column(_BUCKET, pa.array([end] * merged.num_rows, pa.int64())))
+    totals = _with_key(pa.concat_tables(pieces), group)
+    return totals, rows_read, pc.min(totals.column(_BUCKET)).as_py()
+
+
+def _latest(table: pa.Table, group: FeatureGroup) -> pa.Table:
+    """Each key's row with the latest event time (then the latest ingestion)."""
     if table.num_rows == 0:
         return table
-    ordered = table.sort_by([(event_time, "descending")])
+    ordered = table.sort_by([(group.event_time, "descending"), (INGESTED_COLUMN, "descending")])
     position = pa.array(range(ordered.num_rows), pa.int64())
-    first = ordered.append_column("_position", position).group_by(key, use_threads=False).aggregate(
+    first = ordered.append_column("_position", position).group_by([_KEY], use_threads=False).aggregate(
         [("_position", "min")])
     return ordered.take(first.column("_position_min"))
 
 
-def _latest_of_touched(block: pa.Table, touched: pa.Table, key: list[str], event_time: str) -> pa.Table:
-    return _latest_per_key(block.join(touched, keys=key, join_type="inner"), key, event_time)
+def _previous_rows(block: pa.Table, touched: pa.Array, group: FeatureGroup, earliest: int) -> pa.Table:
+    """The stored rows of touched keys a run needs: each key's latest before `earliest`, and all from then on."""
+    block = _with_key(block, group)
+    block = block.filter(pc.is_in(block.column(_KEY), value_set=touched))
+    at = pa.scalar(datetime.fromtimestamp(earliest / 1_000_000, timezone.utc), block.schema.field(group.event_time).type)
+    before = pc.less(block.column(group.event_time), at)
+    return pa.concat_tables([_latest(block.filter(before), group), block.filter(pc.invert(before))])
 
 
-def _combine_new(combine, *partials: pa.Table) -> tuple[pa.Table, int, object]:
-    """(per-key totals of a run's new rows, upstream rows read, newest upstream event time or None)."""
-    collected = pa.concat_tables(partials)
-    rows_read = pc.sum(collected.column(_ROWS)).as_py() or 0
-    collected = collected.filter(pc.is_valid(collected.column(_NEWEST)))
-    if collected.num_rows == 0:
-        return collected.drop_columns([_ROWS, _NEWEST]), rows_read, None
-    return combine(collected.drop_columns([_ROWS, _NEWEST])), rows_read, pc.max(collected.column(_NEWEST)).as_py()
+def _keep(table: pa.Table, keys: pa.Array, *, inside: bool) -> pa.Table:
+    mask = pc.is_in(table.column(_KEY), value_set=keys)
+    return table.filter(mask if inside else pc.invert(mask))
 
 
-def _finish(group: FeatureGroup, new_totals: pa.Table, newest_event, reducer_json: str | None,
-            *previous_blocks: pa.Table) -> tuple[pa.Table, str | None]:
-    """The rows to commit: new totals merged with each touched key's previous totals, finished, with as_of.
-
-    A key's as_of is 1 µs after the newest upstream event of the run (so a label
-    at that event's time does not see a total that counts it), and always later
-    than its previous row's (by 1 µs at least, for late data), so one key never
-    has two rows at one instant.
-    """
+def _fold(group: FeatureGroup, totals: pa.Table, reducer_json: str | None, ingested: int,
+          *previous_blocks: pa.Table) -> tuple[pa.Table, str | None]:
+    """The rows to commit, finished, and the reducer fitted on this run (first run only) as JSON."""
     aggregation: Aggregation = group.aggregation
-    key = list(group.primary_key)
-    previous = _latest_per_key(pa.concat_tables(previous_blocks), key, group.event_time) if previous_blocks else None
-    combined = new_totals if previous is None or previous.num_rows == 0 else aggregation.combine(
-        pa.concat_tables([new_totals, previous.select(new_totals.column_names).cast(new_totals.schema)]))
+    granularity = aggregation.granularity // _US
+    columns = [c for c in totals.column_names if c not in (_BUCKET, _KEY)]
+    schema = totals.select(columns).schema
+    earliest = pc.min(totals.column(_BUCKET)).as_py()
+    old = pa.concat_tables(previous_blocks) if previous_blocks else None
+    if old is not None and old.num_rows:
+        old = _latest_per_instant(old, group)
+        times = _micros(old.column(group.event_time))
+        stored_after = old.filter(pa.array(times >= earliest))
+        state_old = _latest(old.filter(pa.array(times < earliest)), group)
+    else:
+        stored_after = state_old = None
+    stored_times = _micros(stored_after.column(group.event_time)) if stored_after is not None else np.array([], int)
+
+    def totals_of(table: pa.Table | None) -> pa.Table:
+        if table is None or table.num_rows == 0:
+            return schema.append(pa.field(_KEY, pa.string())).empty_table()
+        return table.select([*columns, _KEY]).cast(schema.append(pa.field(_KEY, pa.string())))
+
+    state_old, state_new = totals_of(state_old), totals_of(None)
+    cutoff = (earliest - granularity) // _DAY_US * _DAY_US + aggregation.reducer_fit_after // _US
+    fit_on, outputs = None, []
+    instants = sorted(set(totals.column(_BUCKET).to_pylist()) | set(stored_times.tolist()))
+    for instant in instants:
+        if fit_on is None and instant > cutoff and outputs:
+            fit_on = _merged(aggregation, state_old, state_new, columns)
+        new = totals.filter(pc.equal(totals.column(_BUCKET), instant))
+        if new.num_rows:
+            merged = _with_key(aggregation.combine(pa.concat_tables([
+                _keep(state_new, new.column(_KEY), inside=True).select(columns), new.select(columns).cast(schema)])),
+                group)
+            state_new = pa.concat_tables([_keep(state_new, new.column(_KEY), inside=False),
+                                          totals_of(merged)])
+        stored = totals_of(stored_after.filter(pa.array(stored_times == instant))) if len(stored_times) else None
+        if stored is not None and stored.num_rows:
+            state_old = pa.concat_tables([_keep(state_old, stored.column(_KEY), inside=False), stored])
+            rewritten = _keep(stored, state_new.column(_KEY), inside=True).column(_KEY)
+        else:
+            rewritten = pa.array([], pa.string())
+        keys = pa.concat_arrays([new.column(_KEY).combine_chunks(), rewritten.combine_chunks()
+                                 if isinstance(rewritten, pa.ChunkedArray) else rewritten])
+        if len(keys):
+            outputs.append((instant, _merged(aggregation, _keep(state_old, keys, inside=True),
+                                             _keep(state_new, keys, inside=True), columns)))
     fitted = None
     if aggregation.reducer is not None:
-        if reducer_json is None:  # first run: fit on the history so far
-            reducer = aggregation.reducer().fit(combined)
-            fitted = reducer.to_json()
-        else:
-            reducer = aggregation.reducer_from_json(reducer_json)
-        finished = aggregation.finish(combined, reducer)
-    else:
-        finished = aggregation.finish(combined)
+        if reducer_json is None:  # the first run: fit on the totals as of the cutoff
+            if fit_on is None:
+                fit_on = _merged(aggregation, state_old, state_new, columns)
+            reducer = aggregation.reducer().fit(fit_on)
+            fitted = reducer_json = reducer.to_json()
+        reducer = aggregation.reducer_from_json(reducer_json)
     event_type = group.schema.field(group.event_time).type
-    # 1 µs after the newest event counted: a label at that event's own time must not see a total including it.
-    newest = pc.add(pa.array([newest_event] * finished.num_rows, event_type).cast(pa.int64()), 1)
-    if previous is not None and previous.num_rows:
-        earlier = previous.select([*key, group.event_time]).rename_columns([*key, "_previous_as_of"])
-        finished = finished.join(earlier, keys=key, join_type="left outer")
-        after_previous = pc.add(finished.column("_previous_as_of").cast(pa.int64()), 1)
-        newest = pc.max_element_wise(newest, after_previous, skip_nulls=True)
-        finished = finished.drop_columns(["_previous_as_of"])
-    if group.event_time in finished.column_names:
-        finished = finished.drop_columns([group.event_time])
-    finished = finished.append_column(group.event_time, newest.cast(event_type))
-    finished = finished.select(group.schema.names).cast(group.schema)
-    problems = check_expectations(finished, group)
+    stored_schema = group.table_schema
+    finished_parts = []
+    for instant, table in outputs:
+        finished = aggregation.finish(table, reducer) if aggregation.reducer is not None else aggregation.finish(table)
+        if group.event_time in finished.column_names:
+            finished = finished.drop_columns([group.event_time])
+        stamp = pa.array([instant] * finished.num_rows, pa.int64()).cast(pa.timestamp("us", tz="UTC")).cast(event_type)
+        finished = finished.append_column(group.event_time, stamp).append_column(
+            INGESTED_COLUMN, pa.array([ingested] * finished.num_rows, pa.int64()))
+        finished_parts.append(finished.select(stored_schema.names).cast(stored_schema))
+    rows = pa.concat_tables(finished_parts) if finished_parts else stored_schema.empty_table()
+    problems = check_expectations(rows.select(group.schema.names), group)
     if pc.any(pc.is_valid(problems)).as_py():
         first = pc.drop_null(problems)[0].as_py()
         raise RuntimeError(f"aggregation for {group.ref} produced invalid rows (a bug, not bad data): {first}")
-    return finished, fitted
+    return rows, fitted
+
+
+def _merged(aggregation: Aggregation, old: pa.Table, new: pa.Table, columns: list[str]) -> pa.Table:
+    """Stored totals and new totals of the same keys, combined per key."""
+    parts = [table.select(columns) for table in (old, new) if table.num_rows]
+    if not parts:
+        return old.select(columns)
+    return aggregation.combine(pa.concat_tables(parts))
+
+
+def _latest_per_instant(table: pa.Table, group: FeatureGroup) -> pa.Table:
+    """Of rows of one key at one event time, the latest ingested (a rewrite after late data)."""
+    ordered = table.sort_by([(INGESTED_COLUMN, "descending")])
+    position = pa.array(range(ordered.num_rows), pa.int64())
+    first = ordered.append_column("_position", position).group_by([_KEY, group.event_time], use_threads=False) \
+        .aggregate([("_position", "min")])
+    return ordered.take(first.column("_position_min"))
+
+
+def _upstream_key(group: FeatureGroup) -> str:
+    return f"upstream:{group.aggregation.upstream.ref}"
 
 
 def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
@@ -147,21 +237,22 @@ def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
         return record_run(storage, store, group, report())
     new_files = store.files_added(upstream, since=done, until=upstream_version)
 
-    rows_read, finished_ref, fitted = 0, None, None
+    rows_read, rows_ref, fitted = 0, None, None
     if new_files:
         # One block per data file: each block shrinks to its own keys' partials, so fewer, larger blocks move less.
         partials = ray.data.read_parquet(new_files, override_num_blocks=len(new_files)).map_batches(
-            _partial_with_newest, fn_kwargs={"partial": aggregation.partial, "event_time": upstream.event_time},
-            batch_format="pyarrow").materialize()
-        totals_ref, rows_ref, newest_ref = ray.remote(_combine_new).options(num_returns=3).remote(
-            aggregation.combine, *partials.to_arrow_refs())
-        rows_read, newest_event = ray.get([rows_ref, newest_ref])
-        if newest_event is not None:
+            _interval_partials, fn_kwargs={"partial": aggregation.partial, "event_time": upstream.event_time,
+                                           "granularity_us": aggregation.granularity // _US},
+            batch_format="pyarrow", batch_size=None).materialize()
+        totals_ref, count_ref, earliest_ref = ray.remote(_new_totals).options(num_returns=3).remote(
+            group, *partials.to_arrow_refs())
+        rows_read, earliest = ray.get([count_ref, earliest_ref])
+        if earliest is not None:
             previous_refs = []
-            if store.exists(group):  # only the stored rows of keys this run touches, each block's latest
-                touched_ref = ray.remote(lambda totals, key: totals.select(key)).remote(totals_ref, list(group.primary_key))
-                latest = ray.remote(_latest_of_touched)
-                previous_refs = [latest.remote(block, touched_ref, list(group.primary_key), group.event_time)
+            if store.exists(group):  # only the stored rows of the touched keys that the run needs
+                touched_ref = ray.remote(lambda totals: pc.unique(totals.column(_KEY))).remote(totals_ref)
+                previous = ray.remote(_previous_rows)
+                previous_refs = [previous.remote(block, touched_ref, group, earliest)
                                  for block in store.read(group).to_arrow_refs()]
             reducer_json = None
             if aggregation.reducer is not None and store.exists(group):
@@ -169,8 +260,8 @@ def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
                 if not storage.exists(location):
                     raise RuntimeError(f"feature group {group.ref} has a table but no fitted reducer at {location}")
                 reducer_json = storage.read_bytes(location).decode()
-            finished_ref, fitted_ref = ray.remote(_finish).options(num_returns=2).remote(
-                group, totals_ref, newest_event, reducer_json, *previous_refs)
+            rows_ref, fitted_ref = ray.remote(_fold).options(num_returns=2).remote(
+                group, totals_ref, reducer_json, upstream_version, *previous_refs)
             fitted = ray.get(fitted_ref)
     if fitted is not None:  # fitted on this first run's totals; a run that dies before its commit refits
         storage.write_bytes(store.reducer_location(group), fitted.encode())
@@ -178,9 +269,9 @@ def run_aggregation(storage: Storage, group: FeatureGroup) -> RunReport:
     # Commit even when nothing totals (only cancelled bookings, say), so the checkpoint moves on.
     checkpoint.watermarks[_upstream_key(group)] = str(upstream_version)
     metadata = store.stage_checkpoint(group, checkpoint, run_id)
-    rows = ray.data.from_arrow_refs([finished_ref]) if finished_ref is not None \
-        else ray.data.from_arrow(group.schema.empty_table())
-    sink = DeltaCommitSink(store.table_uri(group), group.schema, metadata, name=group.name,
+    rows = ray.data.from_arrow_refs([rows_ref]) if rows_ref is not None \
+        else ray.data.from_arrow(group.table_schema.empty_table())
+    sink = DeltaCommitSink(store.table_uri(group), group.table_schema, metadata, name=group.name,
                            crash_name="before_feature_commit")
     rows.write_datasink(sink)
     return record_run(storage, store, group, report(rows_read=rows_read, rows_written=rows.count()))

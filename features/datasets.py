@@ -158,14 +158,16 @@ def join_features(store: OfflineStore, view: FeatureView, labels: "ray.data.Data
     for selection in view.selections:
         version = versions.setdefault(selection.group.ref, _version(store, selection.group))
         renames = {f: selection.output_name(f) for f in selection.features}
-        columns = list(dict.fromkeys([*selection.join_keys, selection.group.event_time, *selection.features]))
+        order = selection.group.order_column
+        columns = list(dict.fromkeys([*selection.join_keys, selection.group.event_time, *selection.features,
+                                      *([order] if order else [])]))
         rows = store.read(selection.group, version=version, columns=columns)
         if any(old != new for old, new in renames.items()):
             rows = rows.rename_columns({old: new for old, new in renames.items() if old != new})
         keys = tuple(selection.join_keys)
         joined, stats = point_in_time_join(joined, label_time, [AsOfSource(
             name=selection.group.ref, dataset=rows, keys=keys, label_keys=tuple(selection.join_keys[k] for k in keys),
-            event_time=selection.group.event_time, features=tuple(renames.values()), ttl=selection.ttl)])
+            event_time=selection.group.event_time, features=tuple(renames.values()), ttl=selection.ttl, order=order)])
         unmatched.update(stats.unmatched)
     return joined, unmatched
 
@@ -202,6 +204,7 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
     train = assigned.map_batches(_only_split, fn_kwargs={"split": "train"}, batch_format="pyarrow")
     rows_per_split = {name: assigned.map_batches(_only_split, fn_kwargs={"split": name}, batch_format="pyarrow").count()
                       for name in SPLITS}
+    _require_matches(store, view, assigned, unmatched, sum(rows_per_split.values()), versions)
     if view.transforms:
         if rows_per_split["train"] == 0:
             raise DatasetError(f"{view.ref}: the training split is empty; nothing to fit the transformations on")
@@ -235,6 +238,31 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
         if storage.publish_dir(staging, dataset_location(view, version)):
             return metadata
     raise DatasetError(f"{view.ref}: could not claim a dataset version after 100 attempts")
+
+
+def _require_matches(store: OfflineStore, view: FeatureView, joined, unmatched: dict[str, int], label_rows: int,
+                     versions: dict[str, int]) -> None:
+    """A selection that matched no label row at all is an error that says which, and why."""
+    label_time = view.label.group.event_time
+    for selection in view.selections:
+        group = selection.group
+        if not label_rows or unmatched.get(group.ref, 0) < label_rows:
+            continue
+        rows = store.read(group, version=versions[group.ref], columns=[group.event_time])
+        first = rows.min(group.event_time) if rows.count() else None
+        last_label = joined.max(label_time)
+        if first is None:
+            why = "its table has no rows"
+        elif first > last_label:
+            why = (f"it has no rows at or before the label times: its first row is at {first.isoformat()}, the "
+                   f"last label at {last_label.isoformat()}")
+        elif selection.ttl is not None:
+            why = (f"every row at or before a label's time with a matching key is older than the selection's TTL "
+                   f"({selection.ttl}), or no key matches {dict(selection.join_keys)}")
+        else:
+            why = f"no row's key matches the label rows' {sorted(set(selection.join_keys.values()))}"
+        raise DatasetError(f"{view.ref}: the selection of {group.ref} ({', '.join(selection.features)}) matched none "
+                           f"of the {label_rows} label rows: {why}")
 
 
 def _only_split(batch: pa.Table, split: str, columns: list[str] | None = None) -> pa.Table:

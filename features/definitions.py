@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Callable, Literal, Mapping
 
 import pyarrow as pa
@@ -15,6 +16,9 @@ SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 EVENT_TIME_TYPE = pa.timestamp("us", tz="UTC")
 EVENT_DATE_COLUMN = "event_date"
+INGESTED_COLUMN = "_ingested"
+"""Stored with every row of an aggregated group: the upstream table version of the run that wrote it. Of two rows
+of one key at one event time, the later-ingested (a rewrite after late data) wins."""
 
 
 class DefinitionError(UsageError):
@@ -106,11 +110,24 @@ class Aggregation:
 
     `partial` reduces one Arrow block of upstream rows to per-key partial
     totals (map side, so blocks shrink before anything moves); `combine` merges
-    partial rows that share a key and must be associative, so the table's
-    previous totals merge with a run's new ones; `finish` turns totals into the
-    group's feature columns. A `reducer` (fit/transform with to_json/from_json)
-    is fitted on the totals of the first run, stored as JSON with the group
-    version, and passed to `finish` on every run after.
+    partial rows that share a key and must be associative and commutative, so
+    totals merge in any grouping and order; `finish` turns totals into the
+    group's feature columns.
+
+    The group holds each key's totals as of the end of every `granularity`
+    interval (of upstream event time) in which the key had events: a row's
+    event time is that interval's end, and it counts every upstream event
+    before it. So a value at a time depends only on the events before it,
+    never on how often or in which slices the pipeline ran: a backfill in one
+    run and one run per day write the same rows. Late data (an event older than
+    rows already written) rewrites the key's later rows; the rewrite wins by its
+    ingestion order (`INGESTED_COLUMN`). A finer granularity serves fresher
+    values and writes more rows.
+
+    A `reducer` (fit/transform with to_json/from_json) is fitted once, on the
+    totals as of `reducer_fit_after` past the start of the UTC day of the first
+    upstream event (or on all of the first run's, if it holds less), stored as
+    JSON with the group version, and passed to `finish` on every run.
     """
 
     upstream: "FeatureGroup"
@@ -119,6 +136,13 @@ class Aggregation:
     finish: Callable[..., pa.Table]
     reducer: Callable[[], Any] | None = None
     reducer_from_json: Callable[[str], Any] | None = None
+    granularity: timedelta = timedelta(hours=1)
+    reducer_fit_after: timedelta = timedelta(days=1)
+
+    def __post_init__(self) -> None:
+        if self.granularity <= timedelta(0) or self.granularity % timedelta(microseconds=1):
+            raise DefinitionError(f"aggregation granularity must be a positive whole number of microseconds, got "
+                                  f"{self.granularity}")
 
 
 @dataclass(frozen=True)
@@ -160,6 +184,9 @@ class FeatureGroup:
             raise DefinitionError(f"feature group {self.name!r} needs either sources or an aggregation, not both")
         if any(f.computed for f in self.features) and self.compute is None:
             raise DefinitionError(f"feature group {self.name!r} has computed features but no compute function")
+        if self.aggregation is not None and self.partition_by_event_date:
+            raise DefinitionError(f"feature group {self.name!r}: an aggregated group's table is not partitioned by "
+                                  "event date (its rows per key are few); drop partition_by_event_date")
         if EVENT_DATE_COLUMN in names:
             raise DefinitionError(f"feature group {self.name!r}: {EVENT_DATE_COLUMN!r} is reserved for partitioning")
         names_seen = [s.name for s in self.sources]
@@ -171,12 +198,21 @@ class FeatureGroup:
         return (EVENT_DATE_COLUMN,) if self.partition_by_event_date else ()
 
     @property
+    def order_column(self) -> str | None:
+        """The column that orders rows of one key at one event time (aggregated groups), None if none may tie."""
+        return INGESTED_COLUMN if self.aggregation is not None else None
+
+    @property
     def table_schema(self) -> pa.Schema:
-        """The stored table's schema: the features, then the partition column if any."""
+        """The stored table's schema: the features, the ingestion order of an aggregation, the partition column."""
+        schema = self.schema
+        if self.aggregation is not None:
+            schema = schema.append(pa.field(INGESTED_COLUMN, pa.int64(), nullable=False, metadata={
+                "description": "Upstream table version of the run that wrote the row (later wins at one time)."}))
         if not self.partition_by_event_date:
-            return self.schema
-        return self.schema.append(pa.field(EVENT_DATE_COLUMN, pa.date32(), nullable=False,
-                                           metadata={"description": "UTC date of the event time (partition)."}))
+            return schema
+        return schema.append(pa.field(EVENT_DATE_COLUMN, pa.date32(), nullable=False,
+                                      metadata={"description": "UTC date of the event time (partition)."}))
 
     @property
     def read_features(self) -> tuple[Feature, ...]:

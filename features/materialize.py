@@ -50,7 +50,8 @@ def _latest_per_key(table: pa.Table, group: FeatureGroup) -> pa.Table:
     if table.num_rows == 0:
         return table
     keys = list(group.primary_key)
-    ordered = table.sort_by([(group.event_time, "descending")])
+    ordered = table.sort_by([(group.event_time, "descending"),
+                             *([(group.order_column, "descending")] if group.order_column else [])])
     position = pa.array(range(ordered.num_rows), pa.int64())
     first = ordered.append_column("_position", position).group_by(keys, use_threads=False).aggregate(
         [("_position", "min")])
@@ -96,7 +97,7 @@ def materialize(storage: Storage, group: FeatureGroup, online_url: str | None = 
         files = [] if done == version else offline.files_added(group, since=done, until=version)
         rows_read = rows_written = 0
         if files:
-            columns = [*group.primary_key, *value_columns(group)]
+            columns = [*group.primary_key, *value_columns(group), *([group.order_column] if group.order_column else [])]
             # Tasks, not actors: a block opens the store, writes and closes it, so nothing waits for a pool.
             counts = ray.data.read_parquet(files, columns=columns).map_batches(
                 _BlockWriter(group, online_url, storage.root_uri, version), batch_format="pyarrow", batch_size=None)

@@ -151,8 +151,10 @@ def _from_json(values: list, kind: pa.DataType) -> pa.Array:
 
 
 def encode_rows(group: FeatureGroup, table: pa.Table, order: int) -> list[tuple[str, int, int, str]]:
-    """(key text, event time in µs, order, payload) of each row with a full key and an event time."""
+    """(key text, event time in µs, order, payload) of each row with a full key and an event time; the order is
+    the row's own where the group has an order column (aggregations: its ingestion), else `order`."""
     keys = encode_keys(group, [table.column(name) for name in group.primary_key])
+    orders = table.column(group.order_column).to_pylist() if group.order_column in table.column_names else None
     events = pc.cast(pc.cast(table.column(group.event_time), _MICROSECONDS), pa.int64()).combine_chunks()
     names = value_columns(group)
     columns = [_json_ready(table.column(n).combine_chunks(), group.schema.field(n).type) for n in names]
@@ -160,7 +162,8 @@ def encode_rows(group: FeatureGroup, table: pa.Table, order: int) -> list[tuple[
     for i, (key, event) in enumerate(zip(keys.to_pylist(), events.to_pylist())):
         if key is None or event is None:
             continue
-        rows.append((key, event, order, json.dumps([column[i] for column in columns], separators=(",", ":"))))
+        rows.append((key, event, orders[i] if orders is not None else order,
+                     json.dumps([column[i] for column in columns], separators=(",", ":"))))
     return rows
 
 

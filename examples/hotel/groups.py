@@ -98,6 +98,7 @@ HOTEL_USERS = FeatureGroup(
     sources=(SqlSource(name="accounts_db", database=DATABASE, table="users", watermark="updated_at", row_id="row_id",
                        columns={"user_id": "user_ref", "home_country": "country"}),),
     compute=_users_age_band,
+    online=True,
 )
 
 HOTEL_SESSIONS = FeatureGroup(
@@ -135,25 +136,27 @@ ELECTRICITY_PRICES = FeatureGroup(
                         pattern="*.parquet",
                         columns={"zone": "bidding_zone", "hour_start": "delivery_start", "price_eur_mwh": "price_eur_kwh"},
                         scale={"price_eur_mwh": 1000.0}),),
+    online=True,
 )
 
 HOTEL_WEEKLY_VACANCY = FeatureGroup(
     name="hotel_weekly_vacancy",
-    version=1,
+    version=2,
     description="Per hotel and ISO week: booked room-nights of confirmed bookings and the vacancy level.",
     primary_key=("hotel_id", "week_start"),
     event_time="as_of",
     features=(
         Feature("hotel_id", pa.string(), "The hotel."),
         Feature("week_start", pa.date32(), "Monday of the week."),
-        Feature("as_of", EVENT_TIME_TYPE, "Totals include every booking made up to this time."),
+        Feature("as_of", EVENT_TIME_TYPE, "End of the hour the totals are as of: every booking made before it."),
         Feature("booked_room_nights", pa.int64(), "Room-nights booked in the week.", min_value=0),
         Feature("bookings", pa.int64(), "Confirmed bookings with a night in the week.", min_value=0),
         Feature("hotel_rooms", pa.int64(), "Capacity in rooms.", min_value=1),
         Feature("vacancy", pa.float64(), "Share of the week's room-nights not booked, 0 to 1.", min_value=0, max_value=1),
     ),
     aggregation=Aggregation(upstream=HOTEL_BOOKINGS, partial=weekly_partials, combine=combine_partials,
-                            finish=with_vacancy),
+                            finish=with_vacancy, granularity=timedelta(hours=1)),
+    online=True,
 )
 
 
@@ -164,14 +167,14 @@ def _with_embedding(counts: pa.Table, reducer: SessionReducer) -> pa.Table:
 
 USER_SESSION_EMBEDDING = FeatureGroup(
     name="user_session_embedding",
-    version=1,
+    version=2,
     description=f"Per user: clicks per page kind over their whole history and a {EMBEDDING_SIZE}-number "
                 "embedding of that mix (TruncatedSVD fitted on the history, stored as JSON with this version).",
     primary_key=("user_id",),
     event_time="as_of",
     features=(
         Feature("user_id", pa.string(), "User reference."),
-        Feature("as_of", EVENT_TIME_TYPE, "Counts include every click up to this time."),
+        Feature("as_of", EVENT_TIME_TYPE, "End of the hour the counts are as of: every click before it."),
         *(Feature(count_column(page), pa.int64(), f"Clicks on {page.replace('_', ' ')} pages.", min_value=0)
           for page in PAGES),
         *(Feature(f"{EMBEDDING_PREFIX}{i}", pa.float64(), f"Session embedding component {i}.")
@@ -179,7 +182,8 @@ USER_SESSION_EMBEDDING = FeatureGroup(
     ),
     aggregation=Aggregation(upstream=HOTEL_SESSIONS, partial=page_counts, combine=combine_counts,
                             finish=_with_embedding, reducer=lambda: SessionReducer(components=EMBEDDING_SIZE, seed=0),
-                            reducer_from_json=SessionReducer.from_json),
+                            reducer_from_json=SessionReducer.from_json, granularity=timedelta(hours=1)),
+    online=True,
 )
 
 

@@ -47,10 +47,10 @@ def test_the_hotel_view_joins_four_groups_to_every_booking(hotel_storage):
     store = OfflineStore(hotel_storage)
     bookings = store.read_table(view.label.group)
     assert sum(metadata["rows"].values()) == bookings.num_rows  # no label row lost or duplicated
-    assert set(metadata["unmatched"]) == {"hotel_weekly_vacancy:1", "hotel_users:1", "user_session_embedding:1",
+    assert set(metadata["unmatched"]) == {"hotel_weekly_vacancy:2", "hotel_users:1", "user_session_embedding:2",
                                           "electricity_prices:1"}
     # Day one's bookings predate every daily total, later days' bookings see the previous day's.
-    assert 0 < metadata["unmatched"]["hotel_weekly_vacancy:1"] < bookings.num_rows
+    assert 0 < metadata["unmatched"]["hotel_weekly_vacancy:2"] < bookings.num_rows
     assert metadata["unmatched"]["electricity_prices:1"] == 0  # a price every hour, at most 2 hours old
     assert metadata["table_versions"] == {g.ref: store.table_version(g) for g in
                                           (view.label.group, *(s.group for s in view.selections))}
