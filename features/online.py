@@ -33,6 +33,7 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlparse
 
@@ -121,6 +122,71 @@ def request_keys(group: FeatureGroup, keys: Sequence[Sequence[Any]]) -> pa.Array
     return encode_keys(group, columns)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_DAY = date(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _key_text(value: Any, kind: pa.DataType, column: str, group: FeatureGroup) -> str:
+    """One key value as the text `encode_keys` gives the stored value of the same key (Python, no Arrow: a lookup
+    of one key spent most of its time building and casting one-element arrays)."""
+    def refuse() -> EntityError:
+        return EntityError(f"key column {column!r} of {group.ref} is {kind}; cannot read {value!r} as that")
+
+    if isinstance(value, bool):
+        raise refuse()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if isinstance(value, (str, int)):
+            return str(value)
+        raise refuse()
+    if pa.types.is_integer(kind):
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return str(int(value))
+        raise refuse()
+    try:
+        if pa.types.is_date(kind):
+            if isinstance(value, datetime):
+                raise refuse()
+            return (value if isinstance(value, date) else date.fromisoformat(str(value))).isoformat()
+        if pa.types.is_timestamp(kind):
+            moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+            return str((moment - _EPOCH) // _MICROSECOND)
+    except ValueError:
+        raise refuse() from None
+    raise refuse()
+
+
+def key_texts(group: FeatureGroup, keys: Sequence[Sequence[Any]]) -> list[str | None]:
+    """Keys as a caller gives them, encoded like the stored ones; None where a key value is None."""
+    kinds = [group.schema.field(name).type for name in group.primary_key]
+    simple = all(pa.types.is_string(k) or pa.types.is_large_string(k) or pa.types.is_integer(k) or
+                 pa.types.is_date(k) or pa.types.is_timestamp(k) for k in kinds)
+    if not simple:
+        return request_keys(group, keys).to_pylist()
+    texts = []
+    for key in keys:
+        if any(part is None for part in key):
+            texts.append(None)
+            continue
+        parts = [_key_text(part, kind, name, group) for part, kind, name in zip(key, kinds, group.primary_key)]
+        texts.append(parts[0] if len(parts) == 1 else _KEY_SEPARATOR.join(parts))
+    return texts
+
+
+def _python_decoder(kind: pa.DataType):
+    """How one stored JSON value becomes the Python value of its Arrow type."""
+    if pa.types.is_timestamp(kind):
+        return lambda v: None if v is None else _EPOCH + v * _MICROSECOND
+    if pa.types.is_date(kind):
+        return lambda v: None if v is None else _EPOCH_DAY + timedelta(days=v)
+    if pa.types.is_floating(kind):
+        return lambda v: float(v) if isinstance(v, str) else v
+    return None
+
+
 def _timestamps(values: list) -> pa.Array:
     from features.conform import to_utc_timestamps
 
@@ -184,6 +250,12 @@ class OnlineStore:
     """Latest row per key of online feature groups; see the module's docstring."""
 
     description: str
+    _decoders: dict
+
+    def __new__(cls, *args, **kwargs):
+        store = super().__new__(cls)
+        store._decoders = {}
+        return store
 
     def write(self, group: FeatureGroup, table: pa.Table, order: int) -> int:
         """Upsert the rows of `table` (the group's columns) where newer than the stored ones; returns rows given."""
@@ -193,10 +265,32 @@ class OnlineStore:
         return len(rows)
 
     def read(self, group: FeatureGroup, keys: Sequence[Sequence[Any]]) -> OnlineRows:
-        """The stored rows of the given keys (tuples of key values in primary-key order), in one query."""
-        encoded = request_keys(group, keys).to_pylist()
+        """The stored rows of the given keys (tuples of key values in primary-key order), in one query, as Arrow."""
+        encoded = key_texts(group, keys)
         present = {key: found for key, found in zip(encoded, self._read(group, [k for k in encoded if k is not None]))}
         return decode_rows(group, [present.get(key) if key is not None else None for key in encoded])
+
+    def read_rows(self, group: FeatureGroup, keys: Sequence[Sequence[Any]]) -> list[tuple[int, dict] | None]:
+        """The same in plain Python: per key, (event time in µs, {value column: value}) or None; what serving
+        uses, since building Arrow arrays costs more than the query for a few keys."""
+        encoded = key_texts(group, keys)
+        present = dict(zip(encoded, self._read(group, [k for k in encoded if k is not None])))
+        decoders = self._decoders.get(group.ref)
+        if decoders is None:
+            names = value_columns(group)
+            decoders = self._decoders[group.ref] = (names, [_python_decoder(group.schema.field(n).type)
+                                                            for n in names])
+        names, convert = decoders
+        rows: list[tuple[int, dict] | None] = []
+        for key in encoded:
+            found = present.get(key) if key is not None else None
+            if found is None:
+                rows.append(None)
+                continue
+            values = json.loads(found[1])
+            rows.append((found[0], {name: (f(v) if f is not None else v)
+                                    for name, f, v in zip(names, convert, values)}))
+        return rows
 
     def materialized_version(self, group: FeatureGroup) -> int | None:
         """The offline table version the store holds everything of, None before the first materialization."""

@@ -29,15 +29,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 @dataclass(frozen=True)
 class Vectors:
-    """The view's feature columns for each entity (null where missing), and per entity and group what was used."""
+    """Each entity's label columns (as given and derived) and the view's feature columns (None where missing),
+    and per entity and group what was used."""
 
-    table: pa.Table
-    """Label columns (as given and derived) then the view's feature columns, one row per entity."""
+    entity_rows: list[dict[str, Any]]
     sources: list[dict[str, dict[str, Any]]]
     """Per entity, per group ref: {"event_time": ISO text or None, "status": "ok" | "missing" | "expired" | "future"}."""
 
     def rows(self) -> list[dict[str, Any]]:
-        return self.table.to_pylist()
+        return self.entity_rows
 
     def missing(self, index: int) -> list[str]:
         """The group refs whose value the entity lacks."""
@@ -59,13 +59,10 @@ def entity_columns(view: FeatureView) -> list[str]:
     return [c for c in dict.fromkeys(needed) if c not in (label.target, label.group.event_time)]
 
 
-def _label_table(view: FeatureView, entities: Sequence[Mapping[str, Any]], at: datetime) -> pa.Table:
-    label = view.label
+def _check_entities(view: FeatureView, entities: Sequence[Mapping[str, Any]]) -> None:
     if not entities:
         raise EntityError("no entities given")
     required = entity_columns(view)
-    stored = {f.name: f for f in label.group.features}
-    columns: dict[str, pa.Array] = {}
     for position, entity in enumerate(entities):
         if not isinstance(entity, Mapping):
             raise EntityError(f"entities[{position}] must be an object of key values")
@@ -73,8 +70,15 @@ def _label_table(view: FeatureView, entities: Sequence[Mapping[str, Any]], at: d
         if missing:
             raise EntityError(f"entities[{position}] lacks {', '.join(missing)}; an entity of view {view.ref} "
                               f"gives {', '.join(required)}")
-    given = [c for c in dict.fromkeys(k for e in entities for k in e) if c in stored]
-    for name in given:
+
+
+def _derived_rows(view: FeatureView, entities: Sequence[Mapping[str, Any]], at: datetime) -> list[dict[str, Any]]:
+    """The entities as label rows after the view's `derive` (an Arrow function): columns in the label group's
+    types, the label time `at`."""
+    label = view.label
+    stored = {f.name: f for f in label.group.features}
+    columns: dict[str, pa.Array] = {}
+    for name in [c for c in dict.fromkeys(k for e in entities for k in e) if c in stored]:
         kind = stored[name].dtype
         values = [entity.get(name) for entity in entities]
         try:
@@ -90,55 +94,49 @@ def _label_table(view: FeatureView, entities: Sequence[Mapping[str, Any]], at: d
             raise EntityError(f"entity column {name!r} is {kind}; cannot read {values!r} as that") from None
         columns[name] = column
     columns[label.group.event_time] = pa.array([at] * len(entities), _TIME)
-    table = pa.table(columns)
-    if label.derive is not None:
-        try:
-            table = label.derive(table)
-        except (KeyError, pa.ArrowException, ValueError, TypeError) as error:
-            raise EntityError(f"view {view.ref} cannot derive its join columns from the entities given: {error}") \
-                from None
-    return table
+    try:
+        table = label.derive(pa.table(columns))
+    except (KeyError, pa.ArrowException, ValueError, TypeError) as error:
+        raise EntityError(f"view {view.ref} cannot derive its join columns from the entities given: {error}") \
+            from None
+    rows = table.to_pylist()
+    for row, entity in zip(rows, entities):  # request-time values the label group does not hold
+        for name, value in entity.items():
+            row.setdefault(name, value)
+    return rows
 
 
 def online_vectors(view: FeatureView, entities: Sequence[Mapping[str, Any]], store: OnlineStore,
                    at: datetime | None = None) -> Vectors:
-    """Each entity's feature vector as of `at` (default: now); an entity with no row at all in a group is a 404."""
+    """Each entity's feature vector as of `at` (default: now); a key the caller gave that a group never had is
+    a 404 (`EntityError`)."""
     at = (at or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    table = _label_table(view, entities, at)
+    _check_entities(view, entities)
+    rows = _derived_rows(view, entities, at) if view.label.derive is not None else [dict(e) for e in entities]
     at_us = (at - _EPOCH) // timedelta(microseconds=1)
     given = set(entity_columns(view))
-    sources: list[dict[str, dict[str, Any]]] = [{} for _ in range(table.num_rows)]
+    sources: list[dict[str, dict[str, Any]]] = [{} for _ in rows]
     for selection in view.selections:
         group = selection.group
         label_keys = [selection.join_keys[k] for k in group.primary_key]
-        key_columns = [table.column(c).to_pylist() for c in label_keys]
-        keys = list(zip(*key_columns))
-        found = store.read(group, keys)
-        events = pc.cast(found.event_times, pa.int64()).to_pylist()
-        valid = []
-        for index, (key, present, event) in enumerate(zip(keys, found.found, events)):
-            if not present:
+        keys = [tuple(row.get(c) for c in label_keys) for row in rows]
+        found = store.read_rows(group, keys)
+        oldest = None if selection.ttl is None else at_us - selection.ttl // timedelta(microseconds=1)
+        names = [(feature, selection.output_name(feature)) for feature in selection.features]
+        for index, (key, row, hit) in enumerate(zip(keys, rows, found)):
+            if hit is None:
                 # A key the caller gave that the group never had is unknown (404); a key derived from the entity
                 # or brought by another group may simply have no row yet (a week nobody booked): missing.
                 if all(part is not None for part in key) and set(label_keys) <= given:
                     raise EntityError(f"no {group.ref} row for key {dict(zip(group.primary_key, key))}",
                                       unknown=True)
-                status = "missing"
-            elif event > at_us:
-                status = "future"
-            elif selection.ttl is not None and event < at_us - int(selection.ttl.total_seconds() * 1_000_000):
-                status = "expired"
+                status, event = "missing", None
             else:
-                status = "ok"
-            valid.append(status == "ok")
-            when = None if event is None else datetime.fromtimestamp(event / 1_000_000, timezone.utc).isoformat()
-            sources[index][group.ref] = {"event_time": when, "status": status}
-        mask = pa.array(valid, pa.bool_())
-        for feature in selection.features:
-            column = found.values.column(feature)
-            kept = pc.if_else(mask, column, pa.nulls(len(column), column.type))
-            name = selection.output_name(feature)
-            if name in table.column_names:
-                table = table.drop_columns([name])
-            table = table.append_column(name, kept)
-    return Vectors(table=table, sources=sources)
+                event, values = hit
+                status = "future" if event > at_us else "expired" if oldest is not None and event < oldest else "ok"
+            for feature, name in names:
+                row[name] = values[feature] if status == "ok" else None
+            sources[index][group.ref] = {
+                "event_time": None if event is None else (_EPOCH + event * timedelta(microseconds=1)).isoformat(),
+                "status": status}
+    return Vectors(entity_rows=rows, sources=sources)

@@ -205,11 +205,18 @@ def features_materialize(
     from orchard.runtime import ray_session
     from orchard.storage import Storage
 
+    from features.store import OfflineStore
+
     config = context.obj
     chosen = [get_group(ref) for ref in groups] if groups else [g for g in all_groups() if g.online]
     if not chosen:
         raise typer.BadParameter("no feature group is online; set online=True on the groups to serve by key",
                                  param_hint="GROUP")
+    if not groups:  # every online group that has a table yet
+        chosen = [g for g in chosen if OfflineStore(Storage(config.storage)).exists(g)]
+        if not chosen:
+            raise typer.BadParameter("no online feature group has an offline table yet; run their feature "
+                                     "pipelines first", param_hint="GROUP")
     with stdout_reserved_for_json(as_json), ray_session(config, quiet=as_json):
         reports = [materialize(Storage(config.storage), group, config.online_store).to_dict() for group in chosen]
     emit(reports, as_json=as_json, human=lambda rows: "\n".join(
@@ -226,7 +233,7 @@ def features_get(
 ) -> None:
     """Look up one entity's feature vector in the online store, as the prediction service does."""
     from features.catalog import get_view
-    from features.online import open_online_store
+    from features.online import EntityError, open_online_store
     from features.vectors import online_vectors
     from orchard.storage import Storage
 
@@ -240,6 +247,8 @@ def features_get(
     store = open_online_store(config.online_store, Storage(config.storage))
     try:
         vectors = online_vectors(get_view(view), [entity], store)
+    except EntityError as error:
+        raise typer.BadParameter(str(error), param_hint="KEYS") from None
     finally:
         store.close()
     row = vectors.rows()[0]

@@ -22,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -87,6 +88,7 @@ def table_location(model: str) -> str:
 
 def _read_input(storage: Storage, source: str) -> tuple["ray.data.Dataset", str, str | None]:  # noqa: F821
     """(rows, identity for the run key, the feature group's event time column if the input is a group)."""
+    import ray
     import ray.data
 
     from features.catalog import all_groups
@@ -112,10 +114,12 @@ def _read_input(storage: Storage, source: str) -> tuple["ray.data.Dataset", str,
         [entry for entry in local.fs.get_file_info(_selector(local.root)) if entry.is_file] if local else []
     identity = json.dumps(sorted((f.path, f.size, f.mtime_ns) for f in files)) if files else path
     kinds = {f.path.rsplit(".", 1)[-1].lower() for f in files} or {path.rsplit(".", 1)[-1].lower()}
+    # A few large blocks per CPU: Ray Data's default (200 blocks) made every later step a few hundred small tasks.
+    blocks = max(len(files), 4 * max(1, int(ray.cluster_resources().get("CPU", 1))))
     if kinds <= {"parquet"}:
-        return ray.data.read_parquet(path), f"path:{identity}", None
+        return ray.data.read_parquet(path, override_num_blocks=blocks), f"path:{identity}", None
     if kinds <= {"csv"}:
-        return ray.data.read_csv(path), f"path:{identity}", None
+        return ray.data.read_csv(path, override_num_blocks=blocks), f"path:{identity}", None
     raise BatchInputError(f"input {source!r} holds {', '.join(sorted(kinds))} files; batch inference reads "
                           "Parquet or CSV (one format per input)")
 
@@ -145,33 +149,51 @@ class _PredictBlocks:
         self.name, self.version, self.keep, self.run_key, self.predicted_at = name, version, keep, run_key, predicted_at
 
     def __call__(self, block: pa.Table, missing_by: dict[str, list[str]]) -> pa.Table:
-        inputs = self.predictor.feature_names
-        rows = block.select(inputs).to_pylist()
-        complete = [i for i, row in enumerate(rows) if all(row[n] is not None for n in inputs)]
-        predictions = self.predictor.predict([rows[i] for i in complete]) if complete else []
-        classification = self.predictor.signature["task"] == "classification"
-        values: list[Any] = [None] * block.num_rows
-        probabilities: list[Any] = [None] * block.num_rows
-        for i, prediction in zip(complete, predictions):
-            if classification:
-                values[i], probabilities[i] = prediction["label"], json.dumps(prediction["probabilities"])
-            else:
-                values[i] = prediction
-        reasons = []
-        for i, row in enumerate(rows):
-            absent = [n for n in inputs if row[n] is None]
-            groups = sorted({ref for n in absent for ref in missing_by.get(n, ["input"])})
-            reasons.append(f"no value for {', '.join(absent)} ({', '.join(groups)})" if absent else None)
+        inputs, n = self.predictor.feature_names, block.num_rows
+        nulls = [pc.is_null(block.column(name)).to_numpy(zero_copy_only=False) for name in inputs]
+        incomplete = np.logical_or.reduce(nulls) if nulls else np.zeros(n, bool)
+        complete = np.flatnonzero(~incomplete)
+        outputs = self.predictor.predict_arrays(block.select(inputs).take(pa.array(complete))) \
+            if len(complete) else None
         output = block.select(self.keep)
-        output = output.append_column(PREDICTION, pa.array(values, pa.string() if classification else pa.float64()))
-        if classification:
-            output = output.append_column(PROBABILITIES, pa.array(probabilities, pa.string()))
-        n = block.num_rows
+        if self.predictor.signature["task"] == "classification":
+            classes = self.predictor.classes
+            probabilities = np.zeros((n, len(classes)))
+            if outputs is not None:
+                probabilities[complete] = outputs.reshape(len(complete), len(classes))
+            labels = pa.array(np.array(classes, dtype=object)[probabilities.argmax(axis=1)], pa.string(),
+                              mask=incomplete)
+            per_class = pa.StructArray.from_arrays([pa.array(probabilities[:, i]) for i in range(len(classes))],
+                                                   names=classes, mask=pa.array(incomplete))
+            output = output.append_column(PREDICTION, labels).append_column(PROBABILITIES, per_class)
+        else:
+            values = np.zeros(n)
+            if outputs is not None:
+                values[complete] = outputs.reshape(-1)
+            output = output.append_column(PREDICTION, pa.array(values, pa.float64(), mask=incomplete))
+        reasons: list[str | None] = [None] * n
+        for i in np.flatnonzero(incomplete).tolist():  # rows without features: usually few
+            absent = [name for name, null in zip(inputs, nulls) if null[i]]
+            groups = sorted({ref for name in absent for ref in missing_by.get(name, ["input"])})
+            reasons[i] = f"no value for {', '.join(absent)} ({', '.join(groups)})"
         return (output.append_column(MISSING, pa.array(reasons, pa.string()))
-                .append_column("model", pa.array([self.name] * n, pa.string()))
-                .append_column("model_version", pa.array([self.version] * n, pa.int64()))
-                .append_column("run_key", pa.array([self.run_key] * n, pa.string()))
-                .append_column("predicted_at", pa.array([self.predicted_at] * n, _TIME)))
+                .append_column("model", pa.repeat(pa.scalar(self.name), n))
+                .append_column("model_version", pa.repeat(pa.scalar(self.version, pa.int64()), n))
+                .append_column("run_key", pa.repeat(pa.scalar(self.run_key), n))
+                .append_column("predicted_at", pa.repeat(pa.scalar(self.predicted_at, _TIME), n)))
+
+
+def _count_missing(*blocks: pa.Table) -> tuple[int, int]:
+    rows = sum(block.num_rows for block in blocks)
+    return rows, sum(block.num_rows - block.column(MISSING).null_count for block in blocks)
+
+
+def _deprecation_warning() -> type[Warning]:
+    try:
+        from ray.util.annotations import RayDeprecationWarning
+    except ImportError:  # moved in a later Ray: nothing to silence there
+        return DeprecationWarning
+    return RayDeprecationWarning
 
 
 def _done_runs(table_uri: str) -> set[str]:
@@ -223,6 +245,7 @@ def _as_label_rows(dataset, view, time_column: str | None, at: datetime | None):
 def run_batch_inference(storage: Storage, model: str, source: str, *, time_column: str | None = None,
                         at: datetime | None = None, workers: int = 1) -> BatchReport:
     """Predict every row of `source` with `model` (name, name:version or name@alias); see the module docstring."""
+    import ray
     import ray.data
 
     from features.catalog import get_view
@@ -265,18 +288,23 @@ def run_batch_inference(storage: Storage, model: str, source: str, *, time_colum
         done = DeltaTable(table_uri)
         return BatchReport(**report, rows=0, predicted=0, missing=0, table_version=done.version(), already_done=True,
                            seconds=round(time.perf_counter() - started, 3))
-    predicted = rows.map_batches(
-        _PredictBlocks, fn_kwargs={"missing_by": missing_by}, batch_format="pyarrow",
-        fn_constructor_kwargs={"storage_uri": storage.root_uri, "name": name, "version": version.version,
-                               "keep": keep, "run_key": run_key, "predicted_at": datetime.now(timezone.utc)},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers)).materialize()
+    with warnings.catch_warnings():
+        # Ray Data passes an actor pool's function to each actor through the object store, and with its default
+        # of endless actor restarts Ray's core worker then logs an error line for every actor (ray#53727), in a
+        # healthy run. No restarts instead: a run whose actor dies fails as a whole, and runs again (it is
+        # idempotent). Ray 2.60 has no named parameter for this yet and flags the keyword as deprecated.
+        warnings.simplefilter("ignore", category=_deprecation_warning())
+        predicted = rows.map_batches(
+            # Whole blocks: at Ray Data's default of 1,024 rows per call, the per-call cost (casting, transforming,
+            # building the output) was most of a run's time (4M rows: 32 s).
+            _PredictBlocks, fn_kwargs={"missing_by": missing_by}, batch_format="pyarrow", batch_size=None,
+            fn_constructor_kwargs={"storage_uri": storage.root_uri, "name": name, "version": version.version,
+                                   "keep": keep, "run_key": run_key, "predicted_at": datetime.now(timezone.utc)},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), max_restarts=0).materialize()
     schema = predicted.schema()
     arrow_schema = pa.schema(list(zip(schema.names, schema.types)))
-    counts = predicted.map_batches(
-        lambda b: pa.table({"rows": [b.num_rows], "missing": [pc.sum(pc.is_valid(b.column(MISSING))).as_py() or 0]}),
-        batch_format="pyarrow", batch_size=None)
-    totals = [(row["rows"], row["missing"]) for row in counts.iter_rows()]
-    total_rows, missing = sum(t[0] for t in totals), sum(t[1] for t in totals)
+    # One task counts every block (they are local to it): a task per block cost more than the counting.
+    total_rows, missing = ray.get(ray.remote(_count_missing).remote(*predicted.to_arrow_refs()))
     predicted.write_datasink(DeltaCommitSink(table_uri, arrow_schema, {RUN_KEY: run_key}, name=f"{name}_batch"))
     from deltalake import DeltaTable
 

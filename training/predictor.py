@@ -23,10 +23,14 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from orchard.errors import StateError, UsageError
 from orchard.registry import ModelRegistry, ModelVersion
 from training.flavors import Flavor, flavor_class
+
+_ARROW_TYPES = {"FP64": pa.float64(), "INT64": pa.int64(), "BYTES": pa.string(), "BOOL": pa.bool_()}
 
 
 class InputError(UsageError):
@@ -94,13 +98,54 @@ class Predictor:
                 matrix[row_number, column] = value
         return matrix
 
+    def predict_table(self, table: pa.Table) -> list:
+        """Predictions for a table of raw inputs, as `predict` gives them (see `predict_arrays`)."""
+        return self._outputs(self.predict_arrays(table))
+
+    def predict_arrays(self, table: pa.Table) -> np.ndarray:
+        """The flavor's raw outputs for a table of raw inputs (batch inference): a value per row (regressors) or a
+        probability per row and class in `classes` order (classifiers). The columns are checked and cast to the
+        signature's types as a whole, then transformed by the same transformations in their Arrow form, the one
+        training applied; a null, NaN or infinity is an InputError naming the column."""
+        columns = {}
+        for item in self.signature["inputs"]:
+            name, datatype = item["name"], item.get("datatype", "FP64")
+            if name not in table.column_names:
+                raise InputError(f"the rows lack the input {name!r}")
+            try:
+                column = table.column(name).cast(_ARROW_TYPES[datatype])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+                raise InputError(f"input {name!r} cannot be read as {datatype}: {str(error).splitlines()[0]}") from None
+            if column.null_count:
+                raise InputError(f"input {name!r} holds {column.null_count} null value(s)")
+            if datatype == "FP64" and not pc.all(pc.is_finite(column)).as_py():
+                raise InputError(f"input {name!r} holds NaN or infinite values")
+            columns[name] = column
+        batch = pa.table(columns)
+        if self.transforms is not None:
+            try:
+                batch = self.transforms.transform(batch)
+            except ValueError as error:
+                raise InputError(f"rows could not be transformed: {error}") from None
+        names = self.signature.get("model_inputs") or self.feature_names
+        matrix = np.empty((batch.num_rows, len(names)), dtype=np.float64)
+        for position, name in enumerate(names):
+            matrix[:, position] = batch.column(name).to_numpy(zero_copy_only=False)
+        return np.asarray(self.flavor.predict(self.estimator, matrix, self.signature), dtype=np.float64)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.signature.get("classes") or [str(c) for c in getattr(self.estimator, "classes_", ())]
+
     def predict(self, instances: Sequence[Mapping[str, Any]], *, validated: bool = False) -> list:
         """A label and every class's probability per instance (classifier), or a number (regressor)."""
-        outputs = self.flavor.predict(self.estimator, self.matrix(instances, validated=validated), self.signature)
+        return self._outputs(self.flavor.predict(self.estimator, self.matrix(instances, validated=validated),
+                                                 self.signature))
+
+    def _outputs(self, outputs) -> list:
         if self.signature["task"] != "classification":
             return [float(value) for value in np.asarray(outputs).reshape(-1)]
-        classes = self.signature.get("classes") or [str(c) for c in getattr(self.estimator, "classes_", ())]
-        return _label_and_probabilities(np.asarray(outputs, dtype=np.float64), list(classes))
+        return _label_and_probabilities(np.asarray(outputs, dtype=np.float64), list(self.classes))
 
 
 def validate_instances(signature: Mapping[str, Any], instances: Sequence[Mapping[str, Any]]) -> list[dict]:

@@ -148,3 +148,19 @@ def test_classes_without_a_signature_list_keep_the_estimators_own_order(tmp_path
     signature = {"task": "classification", "inputs": [{"name": "d", "datatype": "FP64"}]}
     registry.register("ints", {"model.skops": sio.dumps(estimator)}, {"flavor": "sklearn", "signature": signature})
     assert [p["label"] for p in Predictor.load(registry, "ints").predict([{"d": 0.0}, {"d": 1.0}])] == ["1", "3"]
+
+
+def test_a_table_of_rows_gets_the_predictions_its_rows_get_one_by_one(transformed_classifier):
+    import pyarrow as pa
+
+    predictor = transformed_classifier[0]
+    raw = [{"x": 1.5, "kind": "s"}, {"x": 5.5, "kind": "t"}, {"x": 4.0, "kind": "never seen"}, {"x": 3, "kind": "t"}]
+    assert predictor.predict_table(pa.Table.from_pylist(raw)) == predictor.predict(raw)
+    with pytest.raises(InputError, match="input 'x' holds 1 null"):
+        predictor.predict_table(pa.table({"x": [1.0, None], "kind": ["s", "t"]}))
+    with pytest.raises(InputError, match="input 'x' holds NaN"):
+        predictor.predict_table(pa.table({"x": [float("nan")], "kind": ["s"]}))
+    with pytest.raises(InputError, match="input 'x' cannot be read as FP64"):
+        predictor.predict_table(pa.table({"x": ["one"], "kind": ["s"]}))
+    with pytest.raises(InputError, match="lack the input 'kind'"):
+        predictor.predict_table(pa.table({"x": [1.0]}))

@@ -177,6 +177,15 @@ def test_the_cli_generates_and_runs_a_domain_with_no_other_flag(ray_cluster, tmp
         assert orchard("features", "run", group)["rows_written"] > 0
     shown = orchard("features", "show", "beaches")
     assert shown["rows"] == 6 and shown["last_run"]["sql_sources_read"] == 1
+    # The runs materialized the online groups; a materialization now finds nothing new.
+    reports = {r["group"]: r for r in orchard("features", "materialize")}
+    assert set(reports) == {"buoy_readings:1", "beaches:1"}
+    assert all(r["files_read"] == 0 and r["from_version"] == r["table_version"] for r in reports.values())
+    vector = orchard("features", "get", "surf_height", "beach_id=ocean-beach")
+    assert vector["features"]["buoy_id"] == "buoy-46026" and vector["groups"]["beaches:1"]["status"] == "ok"
+    assert vector["groups"]["buoy_readings:1"]["status"] == "expired"  # the generated day is long past: TTL 3 h
+    result = CliRunner().invoke(app, ["--storage", str(tmp_path), "features", "get", "surf_height", "beach=x"])
+    assert result.exit_code == 2 and "lacks beach_id" in result.output
 
 
 def test_late_bookings_move_a_total_forward_in_time_never_back(ray_cluster, tmp_path):

@@ -23,8 +23,6 @@ from orchard.storage import Storage
 
 pytestmark = [pytest.mark.ray]
 
-BEACH_IDS = ("ocean-beach", "steamer-lane", "rincon", "malibu-first-point", "trestles", "mavericks")
-
 
 def _beach_ids(storage: Storage) -> list[str]:
     return sorted(set(OfflineStore(storage).read_table(BEACHES).column("beach_id").to_pylist()))
@@ -317,3 +315,31 @@ def test_bad_batch_inputs_are_refused_with_the_reason(fresh_surf):
     pq.write_table(pa.table({"beach_id": ["rincon"]}), storage.path("timeless.parquet"))
     with pytest.raises(BatchInputError, match="no time column 'observed_at'.*--at"):
         run_batch_inference(storage, "surf_regressor", "timeless.parquet")
+
+
+def test_batch_inference_of_raw_rows_with_a_classifier_gives_labels_and_per_class_probabilities(trained_models,
+                                                                                                 tmp_path):
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    from orchard.registry import ModelRegistry
+    from serve.batch import run_batch_inference, table_location
+    from tests.integration.test_serve import _instances
+    from training.predictor import Predictor
+
+    storage, _ = trained_models
+    instances = _instances(storage, "fruit_classifier", count=40)
+    rows = [{"fruit": f"f-{i}", **row} for i, row in enumerate(instances)]
+    rows[3]["red"] = None  # a row without a value gets no prediction and says why
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "fruit.parquet")
+    report = run_batch_inference(storage, "fruit_classifier", str(tmp_path / "fruit.parquet"), workers=2)
+    assert (report.mode, report.rows, report.predicted, report.missing) == ("raw", 40, 39, 1)
+    table = [r for r in DeltaTable(storage.uri(table_location("fruit_classifier"))).to_pyarrow_table().to_pylist()
+             if r["run_key"] == report.run_key]
+    by_fruit = {row["fruit"]: row for row in table}
+    expected = Predictor.load(ModelRegistry(storage), "fruit_classifier").predict(
+        [row for i, row in enumerate(instances) if i != 3])
+    for (i, _), prediction in zip([(i, r) for i, r in enumerate(rows) if i != 3], expected):
+        assert by_fruit[f"f-{i}"]["prediction"] == prediction["label"]
+        assert by_fruit[f"f-{i}"]["probabilities"] == prediction["probabilities"]
+    assert by_fruit["f-3"]["prediction"] is None and "no value for red (input)" == by_fruit["f-3"]["missing"]

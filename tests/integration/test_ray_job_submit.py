@@ -10,6 +10,7 @@ import pytest
 
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
+from tests.helpers import failure_looking_lines
 from tests.ray_head import ray_head_cluster
 
 pytestmark = pytest.mark.e2e
@@ -147,6 +148,7 @@ def test_batch_inference_runs_as_a_submitted_job_and_a_rerun_adds_nothing(head_c
         assert returncode == 0, logs[-3000:]
         start = logs.index("{\n")  # --json: one JSON document after the echoed entrypoint
         reports.append(json.loads(logs[start:logs.index("\n}", start) + 2]))
+        assert failure_looking_lines(logs) == []  # a healthy run prints no library noise (an actor pool used to)
     first, second = reports
     assert first["mode"] == "entities" and first["rows"] == 300 and first["predicted"] > 250 and not first["already_done"]
     assert second["already_done"] and second["table_version"] == first["table_version"]
