@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python -m bench.bench_weekly_vacancy $(BENCH_ARGS)
 	$(BIN)/python -m bench.bench_pit_join $(BENCH_ARGS_PIT)
 	$(BIN)/python -m bench.bench_serve $(BENCH_ARGS_SERVE)
+	$(BIN)/python -m bench.bench_online $(BENCH_ARGS_ONLINE)
 
 clean:
 	rm -rf $(VENV) orchard-data .pytest_cache

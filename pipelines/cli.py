@@ -101,7 +101,8 @@ def check(context: typer.Context, as_json: bool = JSON_OPTION) -> None:
 def generate(
     context: typer.Context,
     domain: str = typer.Argument(..., help="A data generator of the loaded projects (the examples: fruit, surf, hotel)."),
-    rows: Optional[int] = typer.Option(None, "--rows", min=1, help="Records to generate (default: the generator's)."),
+    rows: Optional[int] = typer.Option(None, "--rows", "--count", min=1,
+                                       help="Records (or files: images) to generate (default: the generator's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: str = typer.Option(None, "--out", help="Landing folder relative to the storage root (default: the domain's)."),
     bad_fraction: float = typer.Option(0.0, "--bad-fraction", min=0.0, max=1.0,
