@@ -29,7 +29,7 @@ from features.definitions import INGESTED_COLUMN, Aggregation, FeatureGroup
 from features.delta_sink import DeltaCommitSink
 from features.online import encode_keys
 from features.runs import RunReport, new_run_id, record_run
-from features.store import OfflineStore
+from features.store import OfflineStore, first_per_group
 from features.validation import check_expectations
 from orchard.storage import Storage
 
@@ -88,13 +88,7 @@ def _new_totals(group: FeatureGroup, *partials: pa.Table) -> tuple[pa.Table | No
 
 def _latest(table: pa.Table, group: FeatureGroup) -> pa.Table:
     """Each key's row with the latest event time (then the latest ingestion)."""
-    if table.num_rows == 0:
-        return table
-    ordered = table.sort_by([(group.event_time, "descending"), (INGESTED_COLUMN, "descending")])
-    position = pa.array(range(ordered.num_rows), pa.int64())
-    first = ordered.append_column("_position", position).group_by([_KEY], use_threads=False).aggregate(
-        [("_position", "min")])
-    return ordered.take(first.column("_position_min"))
+    return first_per_group(table, [_KEY], [(group.event_time, "descending"), (INGESTED_COLUMN, "descending")])
 
 
 def _previous_rows(block: pa.Table, touched: pa.Array, group: FeatureGroup, earliest: int) -> pa.Table:
@@ -196,11 +190,7 @@ def _merged(aggregation: Aggregation, old: pa.Table, new: pa.Table, columns: lis
 
 def _latest_per_instant(table: pa.Table, group: FeatureGroup) -> pa.Table:
     """Of rows of one key at one event time, the latest ingested (a rewrite after late data)."""
-    ordered = table.sort_by([(INGESTED_COLUMN, "descending")])
-    position = pa.array(range(ordered.num_rows), pa.int64())
-    first = ordered.append_column("_position", position).group_by([_KEY, group.event_time], use_threads=False) \
-        .aggregate([("_position", "min")])
-    return ordered.take(first.column("_position_min"))
+    return first_per_group(table, [_KEY, group.event_time], [(INGESTED_COLUMN, "descending")])
 
 
 def _upstream_key(group: FeatureGroup) -> str:

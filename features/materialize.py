@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from features.definitions import FeatureGroup
 from features.online import OnlineStore, open_online_store, value_columns
-from features.store import OfflineStore
+from features.store import OfflineStore, first_per_group
 from orchard.errors import UsageError
 from orchard.storage import Storage
 
@@ -46,16 +46,9 @@ class MaterializeReport:
 
 
 def _latest_per_key(table: pa.Table, group: FeatureGroup) -> pa.Table:
-    """Each key's row with the latest event time in one block."""
-    if table.num_rows == 0:
-        return table
-    keys = list(group.primary_key)
-    ordered = table.sort_by([(group.event_time, "descending"),
-                             *([(group.order_column, "descending")] if group.order_column else [])])
-    position = pa.array(range(ordered.num_rows), pa.int64())
-    first = ordered.append_column("_position", position).group_by(keys, use_threads=False).aggregate(
-        [("_position", "min")])
-    return ordered.take(first.column("_position_min"))
+    """Each key's row with the latest event time (then the latest ingestion) in one block."""
+    return first_per_group(table, list(group.primary_key), [
+        (group.event_time, "descending"), *([(group.order_column, "descending")] if group.order_column else [])])
 
 
 class _BlockWriter:

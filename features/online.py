@@ -250,12 +250,9 @@ class OnlineStore:
     """Latest row per key of online feature groups; see the module's docstring."""
 
     description: str
-    _decoders: dict
 
-    def __new__(cls, *args, **kwargs):
-        store = super().__new__(cls)
-        store._decoders = {}
-        return store
+    def __init__(self):
+        self._decoders: dict = {}
 
     def write(self, group: FeatureGroup, table: pa.Table, order: int) -> int:
         """Upsert the rows of `table` (the group's columns) where newer than the stored ones; returns rows given."""
@@ -316,6 +313,7 @@ class SqliteOnlineStore(OnlineStore):
     """One SQLite file; a connection per thread (Serve answers requests from worker threads too)."""
 
     def __init__(self, path: str):
+        super().__init__()
         self.path = path
         self.description = f"SQLite file {path}"
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -415,6 +413,7 @@ class RedisOnlineStore(OnlineStore):
     def __init__(self, url: str, namespace: str = "default"):
         import redis
 
+        super().__init__()
         parsed = urlparse(url)
         self.description = f"Redis at {parsed.hostname}:{parsed.port or 6379}"  # never the password
         self.namespace = namespace

@@ -35,6 +35,17 @@ QUARANTINE_SCHEMA = pa.schema([
 ])
 
 
+def first_per_group(table: pa.Table, group_by: list[str], order_by: list[tuple[str, str]]) -> pa.Table:
+    """The first row of each `group_by` group once `table` is sorted by `order_by` (say, each key's newest row)."""
+    if table.num_rows == 0:
+        return table
+    ordered = table.sort_by(order_by)
+    position = pa.array(range(ordered.num_rows), pa.int64())
+    first = ordered.append_column("_position", position).group_by(group_by, use_threads=False).aggregate(
+        [("_position", "min")])
+    return ordered.take(first.column("_position_min"))
+
+
 class SchemaChangedError(UsageError):
     """A feature group's definition changed the columns of a version that already has a table."""
 

@@ -39,6 +39,12 @@ class Vectors:
     def rows(self) -> list[dict[str, Any]]:
         return self.entity_rows
 
+    def document(self, view: FeatureView, index: int = 0) -> dict[str, Any]:
+        """One entity's vector as the service and `orchard features get` answer it."""
+        row = self.entity_rows[index]
+        return {"view": view.ref, "entity_columns": entity_columns(view),
+                "features": {c: row[c] for c in view.feature_columns()}, "groups": self.sources[index]}
+
     def missing(self, index: int) -> list[str]:
         """The group refs whose value the entity lacks."""
         return [ref for ref, used in self.sources[index].items() if used["status"] != "ok"]

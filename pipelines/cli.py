@@ -203,10 +203,9 @@ def features_materialize(
     since the last materialization). Env: ORCHARD_ONLINE_STORE (redis://...; default an SQLite file in storage)."""
     from features.catalog import all_groups, get_group
     from features.materialize import materialize
+    from features.store import OfflineStore
     from orchard.runtime import ray_session
     from orchard.storage import Storage
-
-    from features.store import OfflineStore
 
     config = context.obj
     chosen = [get_group(ref) for ref in groups] if groups else [g for g in all_groups() if g.online]
@@ -245,16 +244,15 @@ def features_get(
             raise typer.BadParameter(f"{item!r} is not column=value", param_hint="KEYS")
         entity[column] = value
     config = context.obj
+    definition = get_view(view)
     store = open_online_store(config.online_store, Storage(config.storage))
     try:
-        vectors = online_vectors(get_view(view), [entity], store)
+        vectors = online_vectors(definition, [entity], store)
     except EntityError as error:
         raise typer.BadParameter(str(error), param_hint="KEYS") from None
     finally:
         store.close()
-    row = vectors.rows()[0]
-    result = {"view": get_view(view).ref, "entity": entity, "features": {c: row[c] for c in get_view(view).feature_columns()},
-              "groups": vectors.sources[0]}
+    result = {"entity": entity, **vectors.document(definition)}
     emit(result, as_json=as_json, human=lambda r: "\n".join(
         [*(f"{name:28} {value}" for name, value in r["features"].items()),
          *(f"{ref:28} {used['status']} (event time {used['event_time']})" for ref, used in r["groups"].items())]))

@@ -410,14 +410,10 @@ class PredictionService:
     async def features(self, view: str, request: Request) -> dict:
         """One entity's feature vector from the online store: the view's entity columns as query parameters
         (`?beach_id=b-01`), the newest view version unless `view` is name:version."""
-        from features.vectors import entity_columns
-
         definition = await asyncio.to_thread(self._view, view)
         entity = dict(request.query_params)
         vectors = await asyncio.to_thread(self._lookup, definition.ref, [entity])
-        row = vectors.rows()[0]
-        return {"view": definition.ref, "entity": entity, "entity_columns": entity_columns(definition),
-                "features": {c: row[c] for c in definition.feature_columns()}, "groups": vectors.sources[0]}
+        return {"entity": entity, **vectors.document(definition)}
 
     # -- simple JSON
     async def _v1(self, name: str, version: int | None, body: PredictRequest) -> PredictResponse:
