@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python -m bench.bench_pit_join $(BENCH_ARGS_PIT)
 	$(BIN)/python -m bench.bench_serve $(BENCH_ARGS_SERVE)
 	$(BIN)/python -m bench.bench_online $(BENCH_ARGS_ONLINE)
+	$(BIN)/python -m bench.bench_images $(BENCH_ARGS_IMAGES)
 
 clean:
 	rm -rf $(VENV) orchard-data .pytest_cache

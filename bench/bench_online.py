@@ -37,6 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.common import SectionResults
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 FEAST_VERSION = "0.67.0"
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
@@ -386,13 +388,8 @@ def main() -> None:
     from tests.helpers import free_port
 
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") *
-                                                                               os.sysconf("SC_PHYS_PAGES") / 2**30)}}
-    def keep(section: str, value: dict) -> None:  # written as each section ends, so a later failure loses none
-        results[section] = value
-        (work / "result.json").write_text(json.dumps(results, indent=2, default=str))
-
+    sink = SectionResults(work)
+    keep, results = sink.keep, sink.results
     with stdout_reserved_for_json(args.json):
         if "lookup" in sections:
             keep("lookup", bench_lookup(work, args.entities, args.lookups, args.seed, not args.no_feast))

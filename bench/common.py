@@ -86,3 +86,20 @@ def publish(document: dict, table: str, out: Path | None, as_json: bool) -> None
     if out is not None:
         (out / "result.json").write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(document, indent=2) if as_json else table)
+
+
+class SectionResults:
+    """A benchmark's result: the machine, then each section as it ends, written to `<work>/result.json` at once
+    (a later section's failure loses none)."""
+
+    def __init__(self, work: Path):
+        import os
+
+        self.path = work / "result.json"
+        work.mkdir(parents=True, exist_ok=True)
+        self.results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gib": round(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}}
+
+    def keep(self, section: str, value: dict) -> None:
+        self.results[section] = value
+        self.path.write_text(json.dumps(self.results, indent=2, default=str))

@@ -19,6 +19,7 @@ from features.definitions import (
                                   FileSource,
                                   SqlSource,
 )
+from features.images import ImageSource, ImageSpec
 from features.ingest import REASON_COLUMN
 from features.sql import count_rows, insert_rows, resolve_database, update_rows, writing_table
 from features.synthetic import FIRST_DAY, DataGenerator, GeneratedSlice, begin_day, damage_lines, next_slice
@@ -27,7 +28,7 @@ from features.views import FeatureView, Label, Selection
 
 __all__ = [
     "EVENT_TIME_TYPE", "REASON_COLUMN", "FIRST_DAY", "Aggregation", "DataGenerator", "DefinitionError", "Feature",
-    "FeatureGroup", "FeatureView", "FileSource", "GeneratedSlice", "Label", "LabelEncoder", "MinMaxScaler",
+    "FeatureGroup", "FeatureView", "FileSource", "GeneratedSlice", "ImageSource", "ImageSpec", "Label", "LabelEncoder", "MinMaxScaler",
     "OneHotEncoder", "Selection", "SqlSource", "StandardScaler", "Transform", "begin_day", "damage_lines",
     "next_slice", "register_transform",
     # development data generators that fill a project's SQL tables

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import pyarrow as pa
 
 from orchard.errors import UsageError
+
+if TYPE_CHECKING:
+    from features.images import ImageSource, ImageSpec
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -39,12 +42,16 @@ class Feature:
     allowed_values: tuple[str, ...] | None = None
     computed: bool = False
     """Not read from sources: the group's `compute` function derives it from the other columns."""
+    image: "ImageSpec | None" = None
+    """An image feature (`features.images`): binary values of the spec's raw pixels, all of one size."""
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
             raise DefinitionError(f"feature name {self.name!r} must be lower_snake_case")
         if not self.description.strip():
             raise DefinitionError(f"feature {self.name!r} needs a description")
+        if self.image is not None and self.dtype != pa.binary():
+            raise DefinitionError(f"image feature {self.name!r} must have dtype pa.binary() (its raw pixels)")
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ class FeatureGroup:
     event_time: str
     features: tuple[Feature, ...]
     """Every column of the table, key and event time included."""
-    sources: tuple[FileSource | SqlSource, ...] = ()
+    sources: tuple["FileSource | SqlSource | ImageSource", ...] = ()
     compute: Callable[[pa.Table], pa.Table] | None = None
     """Fills the `computed` features from the others (runs after conversion, before expectations)."""
     aggregation: Aggregation | None = None
@@ -192,6 +199,27 @@ class FeatureGroup:
         names_seen = [s.name for s in self.sources]
         if len(set(names_seen)) != len(names_seen):
             raise DefinitionError(f"feature group {self.name!r}: source names must be unique")
+        for source in self.sources:
+            if getattr(source, "format", None) == "image":
+                self._check_image_source(source)
+            elif any(f.image is not None for f in self.read_features):
+                raise DefinitionError(f"feature group {self.name!r}: its image features can only be read by image "
+                                      f"sources, and {source.name!r} is a {source.format} source")
+
+    def _check_image_source(self, source: "ImageSource") -> None:
+        where = f"feature group {self.name!r}, image source {source.name!r}"
+        names = {f.name: f for f in self.features}
+        if source.image not in names or names[source.image].image is None:
+            raise DefinitionError(f"{where}: {source.image!r} is not an image feature of the group")
+        fields = set(source.fields)
+        unknown = sorted(fields - set(names))
+        if unknown:
+            raise DefinitionError(f"{where}: path field(s) {unknown} are not features of the group")
+        unfilled = [f.name for f in self.read_features
+                    if f.name not in fields and f.name not in (source.image, self.event_time)]
+        if unfilled:
+            raise DefinitionError(f"{where}: feature(s) {unfilled} come from no path field; name them as groups "
+                                  f"in path_fields (e.g. '(?P<{unfilled[0]}>[^/]+)/')")
 
     @property
     def partition_columns(self) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.definitions import EVENT_TIME_TYPE, FeatureGroup, FileSource, SqlSource
+from features.images import ImageError, ImageSource, decode_image
 from features.validation import check_expectations
 
 # Bookkeeping columns every parsed row carries next to the group's own columns.
@@ -242,7 +244,8 @@ def convert(raw: pa.Table, source: FileSource | SqlSource, group: FeatureGroup) 
     """Raw strings -> (the group's columns in its types and units, each row's rejection reason or null)."""
     reason = raw.column(REASON_COLUMN).combine_chunks()
     converted = []
-    for feature in group.read_features:
+    read = [f for f in group.read_features if f.image is None]  # images are decoded by their source, not here
+    for feature in read:
         strings = pc.utf8_trim_whitespace(raw.column(source.source_column(feature.name)).combine_chunks())
         strings = pc.if_else(pc.equal(strings, ""), pa.scalar(None, pa.string()), strings)
         kind, pattern = _kind(feature.dtype)
@@ -257,8 +260,8 @@ def convert(raw: pa.Table, source: FileSource | SqlSource, group: FeatureGroup) 
         if feature.name in source.scale:
             values = pc.multiply(values, pa.scalar(source.scale[feature.name], feature.dtype))
         converted.append(values)
-    table = pa.Table.from_arrays(converted, names=[f.name for f in group.read_features])
-    reason = check_expectations(table, group, reason, features=group.read_features)
+    table = pa.Table.from_arrays(converted, names=[f.name for f in read])
+    reason = check_expectations(table, group, reason, features=read)
     if group.compute is not None:
         computed = group.compute(table)
         if REASON_COLUMN in computed.column_names:
@@ -268,7 +271,47 @@ def convert(raw: pa.Table, source: FileSource | SqlSource, group: FeatureGroup) 
             if feature.computed:
                 table = table.append_column(feature.name, computed.column(feature.name).cast(feature.dtype))
         reason = check_expectations(table, group, reason, features=[f for f in group.features if f.computed])
-    return table.select(group.schema.names), reason
+    return table.select([name for name in group.schema.names if name in table.column_names]), reason
+
+
+def parse_image_files(files: list[tuple[SourceFile, bytes]], source: ImageSource, group: FeatureGroup) -> pa.Table:
+    """One row per image file, as rows of `bookkeeping_schema(group)`: its pixels (`features.images.decode_image`)
+    and the features its path gives, or the reason it was rejected. The raw text kept for quarantine names the file
+    and its size, never its bytes."""
+    spec = group.feature(source.image).image
+    strings = {f.name: [] for f in group.read_features if f.image is None}
+    pixels, reasons, raws = [], [], []
+    prefix = source.location.rstrip("/") + "/"
+    for file, data in files:
+        relative = file.path[len(prefix):] if file.path.startswith(prefix) else file.path
+        fields = source.match(relative)
+        reason, image = None, None
+        if fields is None:
+            reason = f"the file's path {relative!r} does not match the source's path_fields {source.path_fields!r}"
+            fields = {}
+        else:
+            try:
+                image = decode_image(data, spec).tobytes()
+            except ImageError as error:
+                reason = f"image '{source.image}' could not be read: {error}"
+        if group.event_time not in fields:
+            fields[group.event_time] = datetime.fromtimestamp(file.mtime_ns / 1e9, timezone.utc).isoformat()
+        for name, values in strings.items():
+            values.append(fields.get(name))
+        pixels.append(image)
+        reasons.append(reason)
+        raws.append(f"{relative} ({len(data)} bytes)")
+    raw = pa.table({**{n: pa.array(v, pa.string()) for n, v in strings.items()},
+                    REASON_COLUMN: pa.array(reasons, pa.string()), RAW_COLUMN: pa.array(raws, pa.string())})
+    rows, reason = convert(raw, source, group)
+    rows = rows.append_column(source.image, pa.array(pixels, pa.binary()))
+    rows = rows.append_column(SOURCE_COLUMN, pa.array([file.path for file, _ in files], pa.string()))
+    lines = pa.array([1] * len(files), pa.int64())  # one record per file
+    rows = rows.append_column(LINE_COLUMN, lines)
+    rows = rows.append_column(ORDER_COLUMN, pa.array([(file.ordinal << 40) + 1 for file, _ in files], pa.int64()))
+    rows = rows.append_column(REASON_COLUMN, reason)
+    rows = rows.append_column(RAW_COLUMN, raw.column(RAW_COLUMN))
+    return rows.select(bookkeeping_schema(group).names).cast(bookkeeping_schema(group))
 
 
 def _kind(dtype: pa.DataType) -> tuple[str, str | None]:

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from features.definitions import FeatureGroup, FileSource, SqlSource
 from features.delta_sink import DeltaCommitSink
+from features.images import ImageSource
 from features.ingest import (
     LINE_COLUMN,
     ORDER_COLUMN,
@@ -38,6 +39,7 @@ from features.ingest import (
     SourceFile,
     bookkeeping_schema,
     parse_file,
+    parse_image_files,
     parse_sql_rows,
 )
 from features.runs import RunReport, new_run_id, record_run
@@ -61,7 +63,7 @@ def pending_files(storage: Storage, group: FeatureGroup, already: dict[str, str]
     """Source files not yet in the table, in a stable order (source, then path)."""
     files = []
     for source in group.sources:
-        if not isinstance(source, FileSource):
+        if not isinstance(source, (FileSource, ImageSource)):
             continue
         for entry in storage.find_files(source.location, source.pattern):
             candidate = SourceFile(source.name, entry.path, entry.size, entry.mtime_ns, len(files))
@@ -80,6 +82,40 @@ def _parse_batch(batch: dict, storage_uri: str, group: FeatureGroup) -> pa.Table
         file = SourceFile(str(source), str(path), int(size), int(mtime_ns), int(ordinal))
         tables.append(parse_file(storage.read_bytes(file.path), file, sources[file.source], group))
     return pa.concat_tables(tables)
+
+
+def _parse_images(batch: dict, storage_uri: str, group: FeatureGroup) -> pa.Table:
+    """A block of image files (of one or more image sources) -> one row per file."""
+    storage = Storage(storage_uri)
+    sources = {s.name: s for s in group.sources}
+    by_source: dict[str, list] = {}
+    for source, path, size, mtime_ns, ordinal in zip(
+        batch["source"], batch["path"], batch["size"], batch["mtime_ns"], batch["ordinal"]
+    ):
+        file = SourceFile(str(source), str(path), int(size), int(mtime_ns), int(ordinal))
+        by_source.setdefault(file.source, []).append((file, storage.read_bytes(file.path)))
+    return pa.concat_tables([parse_image_files(files, sources[name], group) for name, files in by_source.items()])
+
+
+def _read_files(files: list[SourceFile], storage: Storage, group: FeatureGroup) -> list:
+    """Ray Data pipelines parsing the files: a task per data file, a task per `files_per_task` image files."""
+    import ray.data
+
+    kinds = {s.name: s for s in group.sources}
+    data_files = [asdict(f) for f in files if not isinstance(kinds[f.source], ImageSource)]
+    image_files = [asdict(f) for f in files if isinstance(kinds[f.source], ImageSource)]
+    inputs = []
+    if data_files:
+        inputs.append(ray.data.from_items(data_files, override_num_blocks=len(data_files)).map_batches(
+            _parse_batch, fn_kwargs={"storage_uri": storage.root_uri, "group": group}, batch_size=1,
+            batch_format="numpy"))
+    if image_files:
+        per_task = min(kinds[f["source"]].files_per_task for f in image_files)
+        blocks = -(-len(image_files) // per_task)
+        inputs.append(ray.data.from_items(image_files, override_num_blocks=blocks).map_batches(
+            _parse_images, fn_kwargs={"storage_uri": storage.root_uri, "group": group}, batch_size=None,
+            batch_format="numpy"))
+    return inputs
 
 
 def _split_rows(table: pa.Table, key_columns: list[str], buckets: int) -> list[pa.Table]:
@@ -252,7 +288,6 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
         from features.aggregation_pipeline import run_aggregation
 
         return run_aggregation(storage, group)
-    import ray.data
 
     started = time.perf_counter()
     run_id = new_run_id()
@@ -277,12 +312,7 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
         log.info("%s: no new source data", group.ref)
         return record_run(storage, store, group, report())
 
-    inputs = [_read_sql(read, group) for read in sql_reads]
-    if files:
-        inputs.insert(0, ray.data.from_items([asdict(f) for f in files], override_num_blocks=len(files)).map_batches(
-            _parse_batch, fn_kwargs={"storage_uri": storage.root_uri, "group": group}, batch_size=1,
-            batch_format="numpy",
-        ))
+    inputs = [*_read_files(files, storage, group), *(_read_sql(read, group) for read in sql_reads)]
     parsed = (inputs[0].union(*inputs[1:]) if len(inputs) > 1 else inputs[0]).materialize()
     valid = parsed.map_batches(lambda t: t.filter(pc.is_null(t[REASON_COLUMN])), batch_format="pyarrow").materialize()
     rejected = parsed.map_batches(lambda t: t.filter(pc.is_valid(t[REASON_COLUMN])), batch_format="pyarrow")

@@ -53,7 +53,8 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Random seed of the generated data."),
     days: int = typer.Option(3, "--days", min=1, help="Days of data to generate, each followed by every feature "
                                                       "pipeline (aggregations then hold values known at earlier times)."),
-    epochs: int = typer.Option(5, "--epochs", min=1, help="Epochs of every network."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+                                         help="Epochs of every network (default: each network's own)."),
     port: int = typer.Option(None, "--port", help="HTTP port for Ray Serve (default 8000, env ORCHARD_SERVE_PORT)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -121,8 +122,16 @@ def generate(
     kwargs = {"location": out} if out else {}
     generated = generator.write(Storage(context.obj.storage), rows=rows or generator.default_rows, seed=seed,
                                 bad_fraction=bad_fraction, databases=context.obj.databases, **kwargs)
-    emit({"domain": domain, "location": generated.location, "files": list(generated.files), "rows": generated.rows,
-          "bad_records": generated.bad_records}, as_json=as_json)
+    document = {"domain": domain, "location": generated.location, "files": list(generated.files),
+                "rows": generated.rows, "bad_records": generated.bad_records}
+
+    def human(doc: dict) -> str:  # a day of photos is hundreds of files: the JSON lists them, the summary counts
+        files = doc["files"]
+        shown = ", ".join(files[:3]) + (f", ... ({len(files)} files)" if len(files) > 3 else "")
+        return (f"{doc['domain']}: {doc['rows']} records ({doc['bad_records']} bad) in {doc['location']}\n"
+                f"files: {shown}")
+
+    emit(document, as_json=as_json, human=human)
 
 
 @features_app.command("list")

@@ -34,11 +34,11 @@ from orchard.runtime import ray_session
 from orchard.storage import Storage
 from training.catalog import get_spec, model_specs
 from training.flavors import FlavorError, TrainOptions
-from training.predictor import Predictor
+from training.predictor import Predictor, image_inputs
 from training.trainer import BelowBaselineError, train_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-EXAMPLE_PROJECTS = ("fruit", "surf", "hotel")
+EXAMPLE_PROJECTS = ("fruit", "surf", "hotel", "apple_images")
 STEPS = 7
 
 
@@ -82,6 +82,67 @@ def held_out_rows(storage: Storage, model: str, count: int) -> list[dict]:
     return [{**{name: row[name] for name in inputs}, "_truth": row[target]} for row in complete[:count]]
 
 
+def held_out_photos(storage: Storage, model: str, count: int) -> list[dict]:
+    """For a model that takes one image: files of photos in the test split of the dataset its production version
+    trained on, found in their landing folder through the image source's path fields ({input: bytes, "_file",
+    "_truth"}); empty if the files cannot be found."""
+    from features.images import ImageSource
+
+    card = ModelRegistry(storage).get(model).card
+    view = get_view(card["lineage"]["view"])
+    (image_input,) = [item["name"] for item in card["signature"]["inputs"]]
+    target, keys = card["signature"]["target"], list(view.label.columns)
+    rows = TrainingDataset.open(storage, view, card["lineage"]["dataset_version"]).read("test").take(count)
+    wanted = {tuple(row[k] for k in keys): row[target] for row in rows}
+    photos = []
+    for source in view.label.group.sources:
+        if not isinstance(source, ImageSource):
+            continue
+        for entry in storage.find_files(source.location, source.pattern):
+            fields = source.match(entry.path[len(source.location.rstrip("/")) + 1:]) or {}
+            key = tuple(fields.get(k) for k in keys)
+            if key in wanted:
+                photos.append({image_input: storage.read_bytes(entry.path), "_file": entry.path,
+                               "_truth": wanted.pop(key)})
+    return photos[:count]
+
+
+def _query_images(client: httpx.Client, v2_client: httpx.Client, direct_url: str, registry: ModelRegistry,
+                  storage: Storage, name: str, summary: dict, echo: Callable[[str], None]) -> None:
+    """An image model: held-out photo files uploaded (multipart) to V1 and sent base64 to V2."""
+    import base64
+
+    photos = held_out_photos(storage, name, 2)
+    if not photos:
+        echo(f"      {name}: no held-out photo file found in the landing folder; not queried")
+        return
+    (image_input,) = [k for k in photos[0] if not k.startswith("_")]
+    files = [(image_input, (photo["_file"].rsplit("/", 1)[-1], photo[image_input])) for photo in photos]
+    response = client.post(f"/v1/models/{name}:predict", files=files)
+    if response.status_code != 200:
+        raise DemoError(f"{name}: HTTP {response.status_code}: {response.text}")
+    body = response.json()
+    expected = Predictor.load(registry, name, body["version"]).predict(
+        [{image_input: photo[image_input]} for photo in photos])
+    if body["predictions"] != expected:
+        raise DemoError(f"{name}: served predictions differ from the registered model's")
+    summary["predictions"][name] = {"files": [photo["_file"] for photo in photos], **body}
+    echo(f"      POST {str(client.base_url).rstrip('/')}/v1/models/{name}:predict (photo files uploaded) -> "
+         f"version {body['version']}")
+    for photo, prediction in zip(photos, body["predictions"]):
+        confidence = prediction["probabilities"][prediction["label"]]
+        echo(f"        {photo['_file'].rsplit('/', 1)[-1]} -> {prediction['label']} (p={confidence:.2f}; "
+             f"truly {photo['_truth']})")
+    tensor = {"name": image_input, "datatype": "BYTES", "shape": [len(photos)],
+              "parameters": {"content_type": "base64"},
+              "data": [base64.b64encode(photo[image_input]).decode() for photo in photos]}
+    answer = v2_client.post(f"{direct_url}/v2/models/{name}/infer", json={"inputs": [tensor]})
+    if answer.status_code != 200 or answer.json()["outputs"][0]["data"] != [p["label"] for p in expected]:
+        raise DemoError(f"{name}: V2 infer: HTTP {answer.status_code}: {answer.text[:300]}")
+    summary["v2"][name] = {"url": direct_url, **answer.json()}
+    echo(f"      POST {direct_url}/v2/models/{name}/infer (the photos as base64 BYTES) -> the same predictions")
+
+
 def _takes_epochs(name: str) -> bool:
     spec = get_spec(name)
     try:
@@ -91,7 +152,7 @@ def _takes_epochs(name: str) -> bool:
     return True
 
 
-def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, epochs: int = 5, days: int = 3,
+def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, epochs: int | None = None, days: int = 3,
              echo: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     config = example_config(config)
@@ -133,9 +194,9 @@ def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, e
 
         models = list(model_specs())
         step(4, f"training {len(models)} models (trees: a grid search, one Ray task per candidate; networks: "
-                f"Ray Train, {epochs} epochs)")
+                f"Ray Train, {f'{epochs} epochs' if epochs else 'each its own epochs'})")
         for name in models:
-            options = {"epochs": epochs} if _takes_epochs(name) else {}
+            options = {"epochs": epochs} if epochs and _takes_epochs(name) else {}
             try:
                 result = train_model(storage, name, alias="production", **options)
             except BelowBaselineError as refused:
@@ -160,6 +221,9 @@ def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, e
         try:
             with httpx.Client(base_url=url, timeout=60) as client, httpx.Client(timeout=60) as v2_client:
                 for name in summary["models"]:
+                    if image_inputs(registry.get(name).card["signature"]):
+                        _query_images(client, v2_client, direct_url, registry, storage, name, summary, echo)
+                        continue
                     rows_with_truth = held_out_rows(storage, name, 4)
                     instances = [{k: v for k, v in row.items() if k != "_truth"} for row in rows_with_truth]
                     response = client.post(f"/v1/models/{name}:predict", json={"instances": instances})

@@ -4,8 +4,9 @@ Run it with ``orchard serve``, ``serve run serve/config.yaml``, or deploy it wit
 ``serve deploy serve/config.yaml``. Nothing is started at import time:
 `build_app` returns the application.
 
-`PredictionService` answers both protocols: simple JSON under ``/v1`` and the
-Open Inference Protocol (KServe V2 REST) under ``/v2``. It resolves a request to
+`PredictionService` answers both protocols: simple JSON under ``/v1`` (or, for
+a model that takes an image, a multipart upload of photo files) and the Open
+Inference Protocol (KServe V2 REST) under ``/v2``. It resolves a request to
 one model version (an exact version, the `production` alias, or a canary split
 between aliases), validates the raw inputs against that version's signature and
 predicts. Versions load on demand through Serve's model multiplexing (at most
@@ -28,6 +29,7 @@ requests, errors and latency per model and version.
 
 import asyncio
 import gc
+import json
 import logging
 import random
 import time
@@ -37,7 +39,7 @@ from typing import Any, Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,7 +50,7 @@ from orchard.storage import Storage
 from serve import protocol
 from serve.binary_tensors import TensorBinaryExtension
 from training.flavors import flavor_class
-from training.predictor import InputError, Predictor, validate_instances
+from training.predictor import InputError, Predictor, image_inputs, validate_instances
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,72 @@ class InferRequest(BaseModel):
     outputs: Optional[list[dict[str, Any]]] = None
     """The outputs to return (by name, with their parameters); all of them when absent."""
     parameters: Optional[dict[str, Any]] = None
+
+
+# The predict routes read their body themselves (JSON, or a multipart upload of image files), so their
+# request body is described here for the OpenAPI schema.
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+    "multipart/form-data": {"schema": {
+        "type": "object", "additionalProperties": {"type": "string", "format": "binary"},
+        "description": "One instance per uploaded file of the model's image input (the form field is named after "
+                       "the input); any other field is a value every instance takes (JSON, or else text)."}},
+}}}
+
+
+async def _predict_request(request: Request) -> PredictRequest:
+    """The body of a predict call: JSON (`PredictRequest`), or a multipart form of image files."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await _form_request(request)
+    body = await request.body()
+    try:
+        document = json.loads(body) if body else None
+    except ValueError as error:  # as FastAPI words it for the routes that declare their body
+        raise RequestValidationError([{"loc": ("body",), "msg": f"JSON decode error: {error}"}]) from None
+    try:
+        return PredictRequest.model_validate(document)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
+
+
+async def _form_request(request: Request) -> PredictRequest:
+    """Instances from an upload: one per file (under the image input's field name), each with the text fields."""
+    try:
+        form = await request.form(max_files=MAX_INSTANCES, max_fields=100)
+    except Exception as error:  # the multipart parser's own errors: a malformed upload
+        raise InputError(f"the multipart body cannot be read: {error}") from None
+    files: dict[str, list[bytes]] = {}
+    shared: dict[str, Any] = {}
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                try:
+                    shared[key] = json.loads(value)
+                except ValueError:
+                    shared[key] = value
+            else:
+                files.setdefault(key, []).append(await value.read())
+    finally:
+        await form.close()
+    if not files:
+        raise InputError("the multipart body has no file: upload each image as a file field named after the "
+                         "model's image input")
+    if len(files) > 1:
+        raise InputError(f"files come under several fields ({', '.join(sorted(files))}); a model takes one image "
+                         "input per instance, so upload them under one field")
+    (field_name, uploads), = files.items()
+    return PredictRequest(instances=[{**shared, field_name: data} for data in uploads])
+
+
+def _loggable(rows: list[dict], images: dict) -> list[dict]:
+    """Logged inputs: an image as its pixels' SHA-256 and shape, never the pixels."""
+    if not images:
+        return rows
+    import hashlib
+
+    return [{name: {"sha256": hashlib.sha256(value.tobytes()).hexdigest(), "shape": list(value.shape)}
+             if name in images else value for name, value in row.items()} for row in rows]
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -326,8 +394,11 @@ class PredictionService:
     async def _predict(self, name: str, version: int, card: dict, instances: list[dict], protocol_name: str):
         started = time.perf_counter()
         tags = {"model": name, "version": str(version), "protocol": protocol_name}
+        images = image_inputs(card["signature"])
         try:
-            validated = validate_instances(card["signature"], instances)
+            # Decoding images takes a while: in a thread, off the event loop every connection shares.
+            validated = await asyncio.to_thread(validate_instances, card["signature"], instances) if images \
+                else validate_instances(card["signature"], instances)
             predictions = await self._run_model(f"{name}:{version}", card["flavor"], validated)
         except InputError:
             self._metrics["errors"].inc(tags={"model": name, "protocol": protocol_name, "status": "422"})
@@ -338,7 +409,7 @@ class PredictionService:
         self._metrics["instances"].inc(len(validated), tags=tags)
         self._metrics["latency"].observe((time.perf_counter() - started) * 1000, tags=tags)
         if self._log is not None:
-            self._log.record(name, version, request_id, validated, predictions)
+            self._log.record(name, version, request_id, _loggable(validated, images), predictions)
         return predictions, request_id
 
     async def _run_model(self, model_id: str, flavor: str, instances: list[dict]) -> list:
@@ -415,8 +486,9 @@ class PredictionService:
         vectors = await asyncio.to_thread(self._lookup, definition.ref, [entity])
         return {"entity": entity, **vectors.document(definition)}
 
-    # -- simple JSON
-    async def _v1(self, name: str, version: int | None, body: PredictRequest) -> PredictResponse:
+    # -- simple JSON, or a multipart upload
+    async def _v1(self, name: str, version: int | None, request: Request) -> PredictResponse:
+        body = await _predict_request(request)
         version, card = await self._resolve(name, version)
         if body.entities is not None:
             predictions, sources, _ = await self._predict_entities(name, version, card, body.entities, "v1")
@@ -424,16 +496,17 @@ class PredictionService:
         predictions, _ = await self._predict(name, version, card, body.instances, "v1")
         return PredictResponse(predictions=predictions, model=name, version=version)
 
-    @api.post("/v1/models/{name}:predict", response_model=PredictResponse, response_model_exclude_none=True)
-    async def predict(self, name: str, body: PredictRequest):
+    @api.post("/v1/models/{name}:predict", response_model=PredictResponse, response_model_exclude_none=True,
+              openapi_extra=PREDICT_BODY)
+    async def predict(self, name: str, request: Request):
         """Predict with the `production` version (or the canary split configured for the model)."""
-        return await self._v1(name, None, body)
+        return await self._v1(name, None, request)
 
     @api.post("/v1/models/{name}/versions/{version}:predict", response_model=PredictResponse,
-              response_model_exclude_none=True)
-    async def predict_version(self, name: str, version: int, body: PredictRequest):
+              response_model_exclude_none=True, openapi_extra=PREDICT_BODY)
+    async def predict_version(self, name: str, version: int, request: Request):
         """Predict with one exact version."""
-        return await self._v1(name, version, body)
+        return await self._v1(name, version, request)
 
     @api.get("/v1/models")
     def list_models(self) -> dict:

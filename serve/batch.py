@@ -51,7 +51,8 @@ class BatchReport:
     version: int
     input: str
     mode: str
-    """"entities" (features joined point-in-time) or "raw" (rows carry the model's inputs)."""
+    """"entities" (features joined point-in-time), "raw" (rows carry the model's inputs) or "images" (a folder of
+    image files, for a model whose one input is an image)."""
     rows: int
     predicted: int
     missing: int
@@ -155,7 +156,16 @@ class _PredictBlocks:
         complete = np.flatnonzero(~incomplete)
         outputs = self.predictor.predict_arrays(block.select(inputs).take(pa.array(complete))) \
             if len(complete) else None
-        output = block.select(self.keep)
+        reasons: list[str | None] = [None] * n
+        for i in np.flatnonzero(incomplete).tolist():  # rows without features: usually few
+            absent = [name for name, null in zip(inputs, nulls) if null[i]]
+            groups = sorted({ref for name in absent for ref in missing_by.get(name, ["input"])})
+            reasons[i] = f"no value for {', '.join(absent)} ({', '.join(groups)})"
+        return self._with_predictions(block.select(self.keep), outputs, incomplete, complete, reasons)
+
+    def _with_predictions(self, output: pa.Table, outputs, incomplete: np.ndarray, complete: np.ndarray,
+                          reasons: list[str | None]) -> pa.Table:
+        n = output.num_rows
         if self.predictor.signature["task"] == "classification":
             classes = self.predictor.classes
             probabilities = np.zeros((n, len(classes)))
@@ -171,16 +181,73 @@ class _PredictBlocks:
             if outputs is not None:
                 values[complete] = outputs.reshape(-1)
             output = output.append_column(PREDICTION, pa.array(values, pa.float64(), mask=incomplete))
-        reasons: list[str | None] = [None] * n
-        for i in np.flatnonzero(incomplete).tolist():  # rows without features: usually few
-            absent = [name for name, null in zip(inputs, nulls) if null[i]]
-            groups = sorted({ref for name in absent for ref in missing_by.get(name, ["input"])})
-            reasons[i] = f"no value for {', '.join(absent)} ({', '.join(groups)})"
         return (output.append_column(MISSING, pa.array(reasons, pa.string()))
                 .append_column("model", pa.repeat(pa.scalar(self.name), n))
                 .append_column("model_version", pa.repeat(pa.scalar(self.version, pa.int64()), n))
                 .append_column("run_key", pa.repeat(pa.scalar(self.run_key), n))
                 .append_column("predicted_at", pa.repeat(pa.scalar(self.predicted_at, _TIME), n)))
+
+
+class _PredictImages(_PredictBlocks):
+    """An actor of the pool for a folder of image files: decodes each file as the service and the feature pipeline
+    do (`features.images.decode_image`); a file that is not an image the model takes gets no prediction and the
+    reason."""
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        from features.images import ImageError, decode_image
+        from training.predictor import image_inputs
+
+        (spec,) = image_inputs(self.predictor.signature).values()
+        pixels, reasons = [], []
+        for data in block.column("bytes").to_pylist():
+            try:
+                pixels.append(decode_image(data, spec))
+                reasons.append(None)
+            except ImageError as error:
+                pixels.append(None)
+                reasons.append(f"image could not be read: {error}")
+        incomplete = np.array([reason is not None for reason in reasons], dtype=bool)
+        complete = np.flatnonzero(~incomplete)
+        outputs = np.asarray(self.predictor.flavor.predict(
+            self.predictor.estimator, _pixels_matrix([pixels[i] for i in complete], spec),
+            self.predictor.signature)) if len(complete) else None
+        return self._with_predictions(block.select(["path"]), outputs, incomplete, complete, reasons)
+
+
+def _pixels_matrix(pixels: list, spec) -> np.ndarray:
+    from features.images import pixels_to_model
+
+    return pixels_to_model(pixels, spec)
+
+
+IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"}
+
+
+def _image_input(storage: Storage, source: str, card: dict):
+    """(rows of {bytes, path} for every file of an image folder, identity) when the model's only input is an image
+    and `source` is a folder; None otherwise."""
+    import ray
+    import ray.data
+
+    from training.predictor import image_inputs
+
+    images = image_inputs(card["signature"])
+    if not images or len(card["signature"]["inputs"]) != 1:
+        return None
+    path = source if source.startswith(("/", "s3://", "gs://")) else storage.uri(source)
+    local = Storage(path) if "://" not in path else None
+    if local is None or not local.exists(""):
+        raise BatchInputError(f"input {source!r} is not a folder of image files; model {card.get('name', '')} "
+                              "takes one image per prediction")
+    files = sorted((e for e in local.fs.get_file_info(_selector(local.root)) if e.is_file
+                    and not any(part.startswith((".", "_")) for part in e.path[len(local.root):].split("/"))),
+                   key=lambda e: e.path)
+    if not files:
+        raise BatchInputError(f"the folder {source!r} holds no files")
+    identity = json.dumps([(f.path, f.size, f.mtime_ns) for f in files])
+    blocks = min(len(files), 4 * max(1, int(ray.cluster_resources().get("CPU", 1))))
+    dataset = ray.data.read_binary_files([f.path for f in files], include_paths=True, override_num_blocks=blocks)
+    return dataset, f"images:{identity}"
 
 
 def _count_missing(*blocks: pa.Table) -> tuple[int, int]:
@@ -261,13 +328,16 @@ def run_batch_inference(storage: Storage, model: str, source: str, *, time_colum
     version = registry.get(name, reference)
     card = version.card
     inputs = [item["name"] for item in card["signature"]["inputs"]]
-    dataset, identity, group_time = _read_input(storage, source)
+    image_folder = _image_input(storage, source, card)
+    dataset, identity, group_time = image_folder + (None,) if image_folder else _read_input(storage, source)
     columns = _columns(dataset)
     at = at.astimezone(timezone.utc) if at is not None else None
-    if all(name_ in columns for name_ in inputs):
+    missing_by: dict[str, list[str]] = {}
+    if image_folder:
+        mode, keep, rows = "images", ["path"], dataset
+    elif all(name_ in columns for name_ in inputs):
         mode, keep = "raw", [c for c in columns if c not in inputs]
         rows = dataset
-        missing_by: dict[str, list[str]] = {}
     else:
         mode = "entities"
         view = get_view(card["lineage"]["view"])
@@ -297,7 +367,8 @@ def run_batch_inference(storage: Storage, model: str, source: str, *, time_colum
         predicted = rows.map_batches(
             # Whole blocks: at Ray Data's default of 1,024 rows per call, the per-call cost (casting, transforming,
             # building the output) was most of a run's time (4M rows: 32 s).
-            _PredictBlocks, fn_kwargs={"missing_by": missing_by}, batch_format="pyarrow", batch_size=None,
+            _PredictImages if image_folder else _PredictBlocks,
+            fn_kwargs={} if image_folder else {"missing_by": missing_by}, batch_format="pyarrow", batch_size=None,
             fn_constructor_kwargs={"storage_uri": storage.root_uri, "name": name, "version": version.version,
                                    "keep": keep, "run_key": run_key, "predicted_at": datetime.now(timezone.utc)},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), max_restarts=0).materialize()

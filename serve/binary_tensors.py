@@ -5,7 +5,9 @@ Content-Type header and put input tensors after the JSON header as raw bytes:
 the `Inference-Header-Content-Length` header gives the JSON's length, and each
 input with `parameters.binary_data_size` takes that many bytes of the rest, in
 order. Numbers are little-endian arrays of the tensor's datatype; BYTES elements
-are each a 4-byte little-endian length and that many bytes. Outputs come back
+are each a 4-byte little-endian length and that many bytes (UTF-8 text, or, when
+any element is not text, such as an image file, base64 text with the tensor's
+`parameters.content_type` set to "base64", the convention MLServer uses). Outputs come back
 the same way when the request asks (`parameters.binary_data_output`, or
 `parameters.binary_data` on a requested output).
 
@@ -18,6 +20,7 @@ KServe servers do.
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from typing import Any
@@ -55,14 +58,14 @@ def decode_tensor(raw: bytes, datatype: str, shape: Any, name: str) -> list:
             offset += 4
             if offset + length > len(raw):
                 raise BinaryTensorError(f"input {name!r}: a BYTES element of {length} bytes runs past the data")
-            try:
-                values.append(raw[offset:offset + length].decode("utf-8"))
-            except UnicodeDecodeError:
-                raise BinaryTensorError(f"input {name!r}: element {len(values)} is not UTF-8 text") from None
+            values.append(raw[offset:offset + length])
             offset += length
         if len(values) != count:
             raise BinaryTensorError(f"input {name!r} has {len(values)} BYTES elements for shape {shape}")
-        return values
+        try:
+            return [value.decode("utf-8") for value in values]
+        except UnicodeDecodeError:  # binary elements (an image file): base64 text in the JSON request
+            return [base64.b64encode(value).decode("ascii") for value in values]
     kind = NUMPY_TYPES.get(datatype)
     if kind is None:
         raise BinaryTensorError(f"input {name!r}: datatype {datatype!r} cannot be sent as binary data")
@@ -109,14 +112,29 @@ def decode_request(body: bytes, header_length: int) -> tuple[dict, bool, set[str
             continue
         if not isinstance(size, int) or size < 0 or offset + size > len(body):
             raise BinaryTensorError(f"input {tensor.get('name')!r}: binary_data_size {size!r} runs past the body")
-        tensor["data"] = decode_tensor(body[offset:offset + size], str(tensor.get("datatype")), tensor.get("shape"),
-                                       str(tensor.get("name")))
+        raw = body[offset:offset + size]
+        tensor["data"] = decode_tensor(raw, str(tensor.get("datatype")), tensor.get("shape"), str(tensor.get("name")))
         offset += size
         tensor["parameters"] = {k: v for k, v in tensor["parameters"].items() if k != "binary_data_size"}
+        if tensor.get("datatype") == "BYTES" and tensor["data"] and not _is_text(raw):
+            tensor["parameters"]["content_type"] = "base64"
     if offset != len(body):
         raise BinaryTensorError(f"{len(body) - offset} bytes after the last binary input belong to no input")
     all_binary, named = wanted_binary(request)
     return request, all_binary, named
+
+
+def _is_text(raw: bytes) -> bool:
+    """Whether every element of binary BYTES data is UTF-8 text (else the elements became base64)."""
+    offset = 0
+    while offset < len(raw):
+        (length,) = struct.unpack_from("<I", raw, offset)
+        try:
+            raw[offset + 4:offset + 4 + length].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        offset += 4 + length
+    return True
 
 
 def wanted_binary(request: dict) -> tuple[bool, set[str]]:

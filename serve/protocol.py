@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from features.images import ImageSpec
 from training.flavors import flavor_class
-from training.predictor import InputError
+from training.predictor import InputError, image_inputs
 
 # The V2 datatypes a request may use for each signature datatype.
 ACCEPTED_DATATYPES = {
@@ -24,9 +27,46 @@ ACCEPTED_DATATYPES = {
 
 
 def instances_from_tensors(signature: Mapping[str, Any], inputs: Any, max_instances: int) -> list[dict]:
-    """V2 `inputs` (one tensor of shape [N] or [N, 1] per feature) -> N rows of feature values."""
+    """V2 `inputs` (one tensor of shape [N] or [N, 1] per feature) -> N rows of feature values.
+
+    An image input is a BYTES tensor of shape [N] (each element an image file, base64 in JSON) or a UINT8 tensor
+    of shape [N, height, width, channels]; either becomes one value per row for the predictor to check."""
     expected = {item["name"]: item.get("datatype", "FP64") for item in signature["inputs"]}
+    images = image_inputs(signature)
+    if images and isinstance(inputs, list):
+        inputs = [_image_tensor(tensor, images[tensor["name"]], max_instances)
+                  if isinstance(tensor, Mapping) and tensor.get("name") in images else tensor for tensor in inputs]
     return rows_from_tensors(inputs, expected, max_instances)
+
+
+def _image_tensor(tensor: Mapping[str, Any], spec: ImageSpec, max_instances: int) -> dict:
+    """An image tensor as a BYTES tensor of shape [N] whose elements the predictor takes: {"b64": ...} for an
+    image file, a uint8 array for pixels."""
+    name, shape, datatype, data = (tensor.get(key) for key in ("name", "shape", "datatype", "data"))
+    where = f"input {name!r}"
+    if datatype == "BYTES":
+        if (tensor.get("parameters") or {}).get("content_type", "base64") != "base64":
+            raise InputError(f"{where}: an image's BYTES elements must be base64 image files (content_type base64)")
+        values = _flatten(data, where)
+        if not all(isinstance(v, str) for v in values):
+            raise InputError(f"{where}: each BYTES element must be an image file, base64-encoded")
+        return {**tensor, "data": [{"b64": v} for v in values]}
+    if datatype not in ACCEPTED_DATATYPES["INT64"]:
+        raise InputError(f"{where} has datatype {datatype!r}; an image is BYTES (image files) or UINT8 (pixels)")
+    expected = [spec.height, spec.width, spec.channels]
+    if not isinstance(shape, list) or len(shape) != 4 or shape[1:] != expected \
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InputError(f"{where} has shape {shape!r}; the model takes images of shape [N, {', '.join(map(str, expected))}]"
+                         " (height, width, channels)")
+    if shape[0] > max_instances:
+        raise InputError(f"{where} has {shape[0]} rows; at most {max_instances} per request")
+    flat = _flatten(data, where)
+    if len(flat) != shape[0] * spec.size:
+        raise InputError(f"{where} has {len(flat)} values for shape {shape}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in flat):
+        raise InputError(f"{where}: pixels must be integers from 0 to 255")
+    pixels = np.asarray(flat, dtype=np.uint8).reshape([shape[0], *expected])
+    return {"name": name, "datatype": "BYTES", "shape": [shape[0]], "data": list(pixels)}
 
 
 def rows_from_tensors(inputs: Any, expected: Mapping[str, str], max_instances: int) -> list[dict]:

@@ -109,3 +109,19 @@ FAILURE_LOOKING = re.compile(r"(?i)\b(error|errors|warning|warnings|failed|failu
 
 def failure_looking_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if FAILURE_LOOKING.search(line)]
+
+
+def crash_once_after_epoch_two(marker: str):
+    """A Ray Train `after_epoch` hook that kills its own worker process right after epoch 2's checkpoint is
+    committed, the first time only (the marker file records that it did)."""
+
+    def after_epoch(epoch: int) -> None:
+        import ray.train
+
+        if epoch == 2 and not os.path.exists(marker):
+            # Wait until the controller has registered the checkpoint, so the crash cannot race the report.
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+            Path(marker).write_text(str(os.getpid()))
+            os._exit(1)
+
+    return after_epoch

@@ -76,8 +76,11 @@ def _classification(matrix: np.ndarray) -> dict[str, Any]:
     denominator = matrix.sum(axis=0) + matrix.sum(axis=1)  # predicted + actual = 2TP + FP + FN
     present = denominator > 0  # a class neither present nor predicted has no F1 (as in scikit-learn)
     f1 = 2 * true_positive[present] / denominator[present]
+    actual = matrix.sum(axis=1)
+    # Per class (in the classes' order): the share of its test rows predicted as it; None for a class absent there.
+    recall = [float(true_positive[i] / actual[i]) if actual[i] else None for i in range(len(matrix))]
     return {"accuracy": float(true_positive.sum() / n), "macro_f1": float(f1.mean()) if len(f1) else 0.0,
-            "confusion_matrix": matrix.astype(int).tolist(), "n": n}
+            "per_class_recall": recall, "confusion_matrix": matrix.astype(int).tolist(), "n": n}
 
 
 def finish(task: str, sums: dict | None, *, majority_class: int | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ serving code applies the stored transformations itself.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.datasets import SPLITS, TrainingDataset
+from features.images import ImageSpec, pixels_to_model
 from features.transforms import LabelEncoder, TransformSet
 from orchard.errors import UsageError
 from orchard.storage import Storage
@@ -60,6 +61,23 @@ class ModelInputs:
     target: str
     classes: list | None
     """The label encoder's classes (the model's class indices, in order); None for regression."""
+    images: dict[str, ImageSpec] = field(default_factory=dict)
+    """Feature columns that hold images: each takes `spec.size` places of the model's input vector (its pixels
+    in [0, 1], row-major), where any other column takes one."""
+
+    def width(self, column: str) -> int:
+        return self.images[column].size if column in self.images else 1
+
+    @property
+    def n_features(self) -> int:
+        """The length of the model's input vector."""
+        return sum(self.width(column) for column in self.feature_columns)
+
+
+def image_specs(view) -> dict[str, ImageSpec]:
+    """The view's image features by output name, with their specs."""
+    return {s.output_name(name): s.group.feature(name).image for s in view.selections for name in s.features
+            if s.group.feature(name).image is not None}
 
 
 def model_inputs(spec: ModelDescription, metadata: dict, transforms: TransformSet) -> ModelInputs:
@@ -89,19 +107,29 @@ def model_inputs(spec: ModelDescription, metadata: dict, transforms: TransformSe
     return ModelInputs(kept, feature_columns, target, None)
 
 
-def to_model_arrays(batch: pa.Table, feature_columns: list[str], target: str, task: str) -> dict[str, np.ndarray]:
-    """One batch as a float32 feature matrix and a target vector; rows with a null in either are dropped."""
+def to_model_arrays(batch: pa.Table, feature_columns: list[str], target: str, task: str,
+                    images: dict[str, ImageSpec] | None = None) -> dict[str, np.ndarray]:
+    """One batch as a float32 feature matrix and a target vector; rows with a null in either are dropped.
+
+    An image column (`images`) becomes its pixels in [0, 1] (`features.images.pixels_to_model`), any other
+    column one float."""
+    images = images or {}
     for name in [*feature_columns, target]:
         if name not in batch.column_names:
             raise ModelDataError(f"the transformed dataset lacks column {name!r}; it has {batch.column_names}")
         kind = batch.column(name).type
+        if name in images and (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+            continue
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
             raise ModelDataError(f"column {name!r} must hold numbers for the model, got {kind}; "
                                  "transform it in the feature view or exclude it in the model's spec")
     complete = functools.reduce(pc.and_, [pc.is_valid(batch.column(n)) for n in [*feature_columns, target]])
     batch = batch.filter(complete)
-    columns = [batch.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in feature_columns]
-    features = np.stack(columns, axis=1) if batch.num_rows else np.zeros((0, len(feature_columns)), np.float32)
+    columns = [pixels_to_model(batch.column(name).to_pylist(), images[name]) if name in images
+               else batch.column(name).to_numpy(zero_copy_only=False).astype(np.float32)[:, None]
+               for name in feature_columns]
+    width = sum(images[name].size if name in images else 1 for name in feature_columns)
+    features = np.concatenate(columns, axis=1) if batch.num_rows else np.zeros((0, width), np.float32)
     labels = batch.column(target).to_numpy(zero_copy_only=False)
     labels = labels.astype(np.int64) if task == "classification" else labels.astype(np.float32)
     return {FEATURES_COLUMN: features, TARGET_COLUMN: labels}
@@ -191,12 +219,14 @@ def prepare_splits(storage: Storage, spec: ModelDescription, dataset_version: in
     view = get_view(spec.view)
     dataset = TrainingDataset.open(storage, view, dataset_version)
     inputs = model_inputs(spec, dataset.metadata, dataset.transforms())
+    inputs = replace(inputs, images={c: s for c, s in image_specs(view).items() if c in inputs.feature_columns})
     n_classes = len(inputs.classes or ())
     splits, summaries, dropped = {}, {}, {}
     for split in SPLITS:
         splits[split] = dataset.read_transformed(split).map_batches(
             to_model_arrays, batch_format="pyarrow",
-            fn_kwargs={"feature_columns": inputs.feature_columns, "target": inputs.target, "task": spec.task})
+            fn_kwargs={"feature_columns": inputs.feature_columns, "target": inputs.target, "task": spec.task,
+                       "images": inputs.images})
         summaries[split] = split_summary(splits[split], n_classes)
         dropped[split] = dataset.metadata["rows"][split] - summaries[split]["count"]
         if summaries[split]["count"] == 0:
@@ -213,8 +243,12 @@ def raw_signature(spec: ModelDescription, inputs: ModelInputs) -> dict:
     view = get_view(spec.view)
     types = {s.output_name(f): s.group.feature(f).dtype for s in view.selections for f in s.features}
     fields = []
+    images = image_specs(view)
     for name in inputs.raw_features:
         kind = types[name]
+        if name in images:  # the bytes of an image file (or a UINT8 tensor of the image's shape)
+            fields.append({"name": name, "datatype": "BYTES", "shape": [-1], "image": images[name].to_dict()})
+            continue
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             datatype = "BYTES"
         elif pa.types.is_boolean(kind):

@@ -18,6 +18,8 @@ found by the name in its card; no flavor unpickles anything.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -26,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.images import ImageError, ImageSpec, check_pixels, decode_image, pixels_to_model
 from orchard.errors import StateError, UsageError
 from orchard.registry import ModelRegistry, ModelVersion
 from training.flavors import Flavor, flavor_class
@@ -79,24 +82,39 @@ class Predictor:
         a request before it reaches the model), so they are not checked twice.
         """
         rows = list(instances) if validated else self.validate(instances)
+        images = image_inputs(self.signature)
+        pixels = {name: [row[name] for row in rows] for name in images}  # images pass the transforms untouched
+        if images:
+            rows = [{name: value for name, value in row.items() if name not in images} for row in rows]
         if self.transforms is not None:
             try:
                 rows = self.transforms.transform_rows(rows)
             except ValueError as error:
                 raise InputError(f"instances could not be transformed: {error}") from None
         columns = self.signature.get("model_inputs") or self.feature_names
-        matrix = np.empty((len(rows), len(columns)), dtype=np.float64)
-        missing = [name for name in columns if rows and name not in rows[0]]
+        missing = [name for name in columns if rows and name not in rows[0] and name not in images]
         if missing:
             raise StateError(f"model {self.model.name}:{self.model.version}: its transformations do not produce "
                                 f"the model input(s) {missing}; the stored signature and transforms disagree")
-        for row_number, row in enumerate(rows):
-            for column, name in enumerate(columns):
+        blocks = []
+        for name in columns:
+            if name in images:
+                blocks.append(pixels_to_model(pixels[name], images[name]).astype(np.float64))
+                continue
+            block = np.empty((len(rows), 1), dtype=np.float64)
+            for row_number, row in enumerate(rows):
                 value = row[name]
                 if value is None or isinstance(value, str):
                     raise InputError(f"instances[{row_number}]: model input {name!r} became {value!r}")
-                matrix[row_number, column] = value
-        return matrix
+                block[row_number, 0] = value
+            blocks.append(block)
+        return np.concatenate(blocks, axis=1) if blocks else np.empty((len(rows), 0))
+
+    def predict_pixels(self, pixels: Sequence[np.ndarray]) -> list:
+        """Predictions for a model whose only input is one image, from decoded pixels (batch inference)."""
+        (name, spec), = image_inputs(self.signature).items()
+        matrix = pixels_to_model(list(pixels), spec)
+        return self._outputs(self.flavor.predict(self.estimator, matrix, self.signature))
 
     def predict_table(self, table: pa.Table) -> list:
         """Predictions for a table of raw inputs, as `predict` gives them (see `predict_arrays`)."""
@@ -110,6 +128,9 @@ class Predictor:
         columns = {}
         for item in self.signature["inputs"]:
             name, datatype = item["name"], item.get("datatype", "FP64")
+            if item.get("image"):
+                raise InputError(f"input {name!r} is an image: predict over a folder of image files instead "
+                                 "(orchard predict MODEL --input FOLDER)")
             if name not in table.column_names:
                 raise InputError(f"the rows lack the input {name!r}")
             try:
@@ -148,9 +169,37 @@ class Predictor:
         return _label_and_probabilities(np.asarray(outputs, dtype=np.float64), list(self.classes))
 
 
+def image_inputs(signature: Mapping[str, Any]) -> dict[str, ImageSpec]:
+    """The signature's image inputs and their specs."""
+    return {item["name"]: ImageSpec.from_dict(item["image"]) for item in signature["inputs"] if item.get("image")}
+
+
+def _image(value: Any, spec: ImageSpec, where: str) -> np.ndarray:
+    """An image input as pixels: the bytes of an image file, {"b64": base64 of one}, or a UINT8 array of the
+    spec's shape; decoded, converted and resized by the code that ingested the training images."""
+    try:
+        if isinstance(value, Mapping):
+            if set(value) != {"b64"} or not isinstance(value["b64"], str):
+                raise ImageError('an image in JSON must be {"b64": "<base64 of the image file>"}')
+            try:
+                value = base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise ImageError("the 'b64' value is not valid base64") from None
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return decode_image(bytes(value), spec)
+        if isinstance(value, np.ndarray):
+            return check_pixels(value, spec)
+        raise ImageError('an image must be an uploaded file, {"b64": "<base64 of the image file>"} or a UINT8 '
+                         f"tensor of shape {list(spec.shape)}; got {type(value).__name__}")
+    except ImageError as error:
+        raise InputError(f"{where}: {error}") from None
+
+
 def validate_instances(signature: Mapping[str, Any], instances: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Each instance checked against a signature's inputs (names, types, finite numbers), in signature order."""
+    """Each instance checked against a signature's inputs (names, types, finite numbers), in signature order.
+    An image input's value becomes its pixels (`_image`)."""
     fields = [(item["name"], item.get("datatype", "FP64")) for item in signature["inputs"]]
+    images = image_inputs(signature)
     expected = {name for name, _ in fields}
     rows = []
     for row_number, instance in enumerate(instances):
@@ -163,7 +212,8 @@ def validate_instances(signature: Mapping[str, Any], instances: Sequence[Mapping
         unknown = sorted(set(instance) - expected)
         if unknown:
             raise InputError(f"{where}: unknown feature(s) {', '.join(map(str, unknown))}")
-        rows.append({name: _checked(instance[name], datatype, f"{where}.{name}") for name, datatype in fields})
+        rows.append({name: _image(instance[name], images[name], f"{where}.{name}") if name in images
+                     else _checked(instance[name], datatype, f"{where}.{name}") for name, datatype in fields})
     return rows
 
 

@@ -1,2 +1,6 @@
-"""Apple defects: synthetic photos of healthy, scab, rot and blotch apples (issue 14 builds the image pipeline,
-the convolutional network and the image endpoint on them)."""
+"""Apple defects: photos of healthy, scab, rot and blotch apples, told apart by a convolutional network.
+
+- `groups`: the photos feature group (an image source over class folders) and the view a classifier trains on;
+- `models`: the convolutional network (a tf-keras build function with augmentation);
+- `generate`: a day of synthetic photos (`orchard generate apple_images --count N [--bad-fraction F]`).
+"""

@@ -115,4 +115,4 @@ def write_apple_images(storage: Storage, rows: int = 200, seed: int = 0, locatio
 
 GENERATOR = DataGenerator("apple_images", write_apple_images,
                           "A day of synthetic apple photos (healthy, scab, rot, blotch; JPEG and PNG in class folders).",
-                          default_rows=200)
+                          default_rows=300)

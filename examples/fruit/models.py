@@ -18,7 +18,7 @@ FRUIT_DNN_CLASSIFIER = ModelSpec(
     name="fruit_dnn_classifier",
     view="fruit_classification",
     task="classification",
-    flavor=KerasFlavor(params={"hidden_units": (32, 16)}),
+    flavor=KerasFlavor(params={"hidden_units": (32, 16)}, epochs=5),
     description="Apple or orange from colour, size, weight and skin: softmax over the label encoder's classes.",
 )
 
@@ -35,6 +35,6 @@ APPLE_WEIGHT_DNN_REGRESSOR = ModelSpec(
     name="apple_weight_dnn_regressor",
     view="apple_weight",
     task="regression",
-    flavor=KerasFlavor(params={"hidden_units": (32, 16)}, learning_rate=0.01),
+    flavor=KerasFlavor(params={"hidden_units": (32, 16)}, epochs=5, learning_rate=0.01),
     description="An apple's weight in grams from its diameter and colour: a small dense network.",
 )

@@ -19,7 +19,7 @@ SURF_DNN_REGRESSOR = ModelSpec(
     view="surf_height",
     task="regression",
     target="surf_height_m",
-    flavor=KerasFlavor(params={"hidden_units": (32, 16)}),
+    flavor=KerasFlavor(params={"hidden_units": (32, 16)}, epochs=5),
     excluded_features=("buoy_id",),
     description="Surf height in metres from the beach's shape and the latest swell at its buoy.",
 )

@@ -25,7 +25,7 @@ def test_every_domain_has_groups_and_a_generator():
     names = {g.name for g in all_groups()}
     assert {"fruit_measurements", "buoy_readings", "beaches", "surf_observations", "hotel_bookings", "hotel_users",
             "hotel_web_sessions", "electricity_prices", "hotel_weekly_vacancy", "user_session_embedding"} <= names
-    assert set(generators()) == {"fruit", "surf", "hotel"}
+    assert set(generators()) == {"fruit", "surf", "hotel", "apple_images"}
 
 
 def test_the_hotel_has_a_sensitive_feature():

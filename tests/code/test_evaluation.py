@@ -38,6 +38,10 @@ def test_classification_metrics_equal_scikit_learns_however_the_split_is_cut(cas
     assert result["test"]["accuracy"] == pytest.approx(metrics.accuracy_score(y_true, y_pred))
     assert result["test"]["macro_f1"] == pytest.approx(metrics.f1_score(y_true, y_pred, average="macro", zero_division=0))
     assert result["test"]["confusion_matrix"] == metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    present = sorted(set(y_true.tolist()))
+    recalls = metrics.recall_score(y_true, y_pred, labels=present, average=None, zero_division=0)
+    assert [result["test"]["per_class_recall"][c] for c in present] == pytest.approx(recalls.tolist())
+    assert all(result["test"]["per_class_recall"][c] is None for c in labels if c not in present)
     baseline = np.zeros_like(y_true)
     assert result["baseline"]["accuracy"] == pytest.approx(metrics.accuracy_score(y_true, baseline))
     assert result["baseline"]["macro_f1"] == pytest.approx(

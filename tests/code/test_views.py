@@ -51,7 +51,8 @@ def test_output_names_must_not_clash():
 
 
 def test_each_domain_has_a_view():
-    assert {v.name for v in all_views()} == {"fruit_classification", "apple_weight", "surf_height", "booking_cancellation"}
+    assert {v.name for v in all_views()} == {"fruit_classification", "apple_weight", "surf_height", "booking_cancellation",
+                                            "apple_defects"}
     assert [s.group.name for s in get_view("booking_cancellation").selections] == [
         "hotel_weekly_vacancy", "hotel_users", "user_session_embedding", "electricity_prices"]
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import skops.io as sio
 
+from features.catalog import generators
 from features.transforms import TransformSet
 from tests.helpers import failure_looking_lines, free_port, processes_mentioning
 from training.catalog import model_specs
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~4 min: beyond make test's budget
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~6 min: beyond make test's budget
 
 DEMO_MODELS = tuple(model_specs())  # every model of the example projects, which the demo loads with no project set
 
@@ -30,6 +31,7 @@ def _own_predictions(folder: Path, instances: list[dict]):
     return estimator.predict(np.array([[row[c] for c in columns] for row in transforms.transform_rows(instances)]))
 
 
+@pytest.mark.timeout(960)
 def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(tmp_path, ray_temp):
     storage = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "RAY_"))}
@@ -37,9 +39,9 @@ def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(tm
     orchard = Path(sys.executable).parent / "orchard"
     port = free_port()
     result = subprocess.run(
-        [str(orchard), "--storage", str(storage), "demo", "--rows", "1000", "--days", "3", "--epochs", "3",
-         "--port", str(port), "--json"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+        # Each generator's own amount and each network's own epochs: the apple photos' network needs its 15.
+        [str(orchard), "--storage", str(storage), "demo", "--days", "3", "--port", str(port), "--json"],
+        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
@@ -47,19 +49,21 @@ def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(tm
     for step in range(1, 8):
         assert f"[{step}/7]" in result.stderr
     assert failure_looking_lines(result.stderr) == []  # a healthy run prints only its own progress
-    assert summary["features"]["fruit_measurements:1"]["rows_written"] == 3 * 1000  # three days (--days 3)
+    fruit_rows = generators()["fruit"].default_rows
+    assert summary["features"]["fruit_measurements:1"]["rows_written"] == 3 * fruit_rows  # three days (--days 3)
     assert summary["refused"] == {}
     assert sorted(summary["models"]) == sorted(DEMO_MODELS)
     for name in DEMO_MODELS:
         assert summary["models"][name]["version"] == 1
         served = summary["predictions"][name]
-        assert served["version"] == 1 and len(served["predictions"]) == len(served["instances"]) > 0
+        sent = served.get("instances") or served["files"]  # rows of features, or photo files uploaded
+        assert served["version"] == 1 and len(served["predictions"]) == len(sent) > 0
         # The same rows through the Open Inference Protocol, sent to the replica's own port (direct ingress).
         v2 = summary["v2"][name]
         assert v2["model_name"] == name and v2["model_version"] == "1"
         assert urlsplit(v2["url"]).port != port
         first = v2["outputs"][0]
-        assert first["shape"][0] == len(served["instances"])
+        assert first["shape"][0] == len(sent)
         assert first["data"] == [p["label"] if isinstance(p, dict) else p for p in served["predictions"]]
     for name in ("fruit_classifier", "surf_regressor"):
         served = summary["predictions"][name]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,7 @@ from features.transforms import TransformSet
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
 from pipelines.cli import app
+from tests.helpers import crash_once_after_epoch_two
 from training.catalog import get_spec
 from training.flavors.keras import train_network
 from training.predictor import Predictor
@@ -52,21 +52,6 @@ def surf_storage(ray_cluster, tmp_path_factory):
     return storage
 
 
-def _crash_once_after_epoch_two(marker: str):
-    """A hook that kills its own worker process right after epoch 2's checkpoint is committed, the first time only."""
-
-    def after_epoch(epoch: int) -> None:
-        import ray.train
-
-        if epoch == 2 and not os.path.exists(marker):
-            # Wait until the controller has registered the checkpoint, so the crash cannot race the report.
-            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-            Path(marker).write_text(str(os.getpid()))
-            os._exit(1)
-
-    return after_epoch
-
-
 @pytest.fixture(scope="module")
 def crash_marker(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("dnn-crash") / "crashed"
@@ -76,7 +61,7 @@ def crash_marker(tmp_path_factory) -> Path:
 def fruit_run(fruit_storage, crash_marker):
     """One fruit run whose first worker dies after epoch 2 (one run serves every fruit test: each costs ~20 s)."""
     return train_network(fruit_storage, FRUIT_SPEC, epochs=3, max_failures=1, run_name="fruit",
-                     after_epoch=_crash_once_after_epoch_two(str(crash_marker)))
+                     after_epoch=crash_once_after_epoch_two(str(crash_marker)))
 
 
 def test_the_fruit_network_beats_the_majority_class_on_validation(fruit_storage, fruit_run):

@@ -100,11 +100,28 @@ class NetworkInputs:
     target_mean: float = 0.0
     target_std: float = 1.0
     """The training split's target mean and standard deviation (regression): the output layer rescales by them."""
+    images: tuple[tuple[str, int, tuple[int, int, int]], ...] = ()
+    """(column, offset in the input vector, (height, width, channels)) of every image feature: its pixels in
+    [0, 1], row-major, at that offset (see `training.model_data.to_model_arrays`)."""
 
     def input_layer(self):
         import tf_keras
 
         return tf_keras.Input(shape=(self.n_features,), name=FEATURES_COLUMN)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of a model whose only input is one image."""
+        if len(self.images) != 1 or self.n_features != int(np.prod(self.images[0][2])):
+            raise DnnError(f"this network takes {[c for c, _, _ in self.images] or 'no'} image(s) among "
+                           f"{len(self.feature_columns)} feature column(s); image_shape is for one image alone")
+        return tuple(self.images[0][2])
+
+    def as_image(self):
+        """A layer that turns the input vector of a one-image model into (height, width, channels) pixels."""
+        import tf_keras
+
+        return tf_keras.layers.Reshape(self.image_shape, name="pixels")
 
     def standardize(self):
         """A layer that standardizes each input with the training split's mean and variance (saved in the model)."""
@@ -177,6 +194,10 @@ class KerasFlavor(Flavor):
     batch_size: int = 32
     """Rows per optimizer step on each worker: with N workers one step sees N x batch_size rows."""
     learning_rate: float = 0.01
+    shuffle_buffer: int = 2048
+    """Training rows each worker shuffles anew every epoch (after the blocks' order is randomized), 0 for none.
+    A training dataset is stored in key order: unshuffled, a network sees the rows of one class after another
+    (a class per file name prefix, say) and does not learn."""
 
     name = "keras"
     artifact = MODEL_FILE
@@ -199,6 +220,9 @@ class KerasFlavor(Flavor):
         for field_name in ("epochs", "batch_size"):
             if not _positive_int(getattr(self, field_name)):
                 raise DnnError(f"{field_name} must be a positive integer, got {getattr(self, field_name)!r}")
+        if isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 0:
+            raise DnnError(f"shuffle_buffer must be a non-negative integer (rows; 0: no shuffling), got "
+                           f"{self.shuffle_buffer!r}")
         rate = self.learning_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
             raise DnnError(f"learning_rate must be a positive number, got {rate!r}")
@@ -222,7 +246,8 @@ class KerasFlavor(Flavor):
 
     def describe(self) -> dict:
         return {"build": _builder_path(self.build), "params": self.params, "epochs": self.epochs,
-                "batch_size": self.batch_size, "learning_rate": self.learning_rate}
+                "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "shuffle_buffer": self.shuffle_buffer}
 
     def check_options(self, spec, options: TrainOptions) -> None:
         if options.epochs is not None and not _positive_int(options.epochs):
@@ -275,13 +300,16 @@ def build_model(config: dict):
     return model
 
 
-def _tf_dataset(shard, config: dict):
-    """The worker's shard as (features, target) batches; Ray Data's `to_tf` already turns TF's auto-sharding off."""
+def _tf_dataset(shard, config: dict, shuffle: bool = False):
+    """The worker's shard as (features, target) batches; Ray Data's `to_tf` already turns TF's auto-sharding off.
+    With `shuffle`, the rows pass a shuffle buffer that draws anew every epoch."""
     import tensorflow as tf
 
     target_type = tf.int64 if config["task"] == "classification" else tf.float32
+    buffer = config.get("shuffle_buffer") or None if shuffle else None
     # Explicit type specs spare `to_tf` a pass over the data to infer the schema.
     return shard.to_tf(feature_columns=FEATURES_COLUMN, label_columns=TARGET_COLUMN, batch_size=config["batch_size"],
+                       local_shuffle_buffer_size=buffer,
                        feature_type_spec=tf.TensorSpec((None, config["n_features"]), tf.float32),
                        label_type_spec=tf.TensorSpec((None,), target_type))
 
@@ -305,7 +333,7 @@ def train_loop_per_worker(config: dict) -> None:
                     completed = json.load(handle)["epoch"]
             log.info("resuming %s after epoch %d from %s", config["name"], completed, checkpoint.path)
 
-    train = _tf_dataset(ray.train.get_dataset_shard("train"), config)
+    train = _tf_dataset(ray.train.get_dataset_shard("train"), config, shuffle=True)
     validation = _tf_dataset(ray.train.get_dataset_shard("validation"), config)
     context = ray.train.get_context()
     is_chief = context.get_world_rank() == 0
@@ -335,6 +363,15 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # -- the driver side
+
+
+def _image_layout(inputs) -> tuple:
+    layout, offset = [], 0
+    for column in inputs.feature_columns:
+        if column in inputs.images:
+            layout.append((column, offset, inputs.images[column].shape))
+        offset += inputs.width(column)
+    return tuple(layout)
 
 
 def train_network(
@@ -390,8 +427,9 @@ def train_network(
     config = {
         "name": spec.name,
         "task": spec.task,
-        "n_features": len(inputs.feature_columns),
-        "inputs": {"n_features": len(inputs.feature_columns), "feature_columns": tuple(inputs.feature_columns),
+        "n_features": inputs.n_features,
+        "inputs": {"n_features": inputs.n_features, "feature_columns": tuple(inputs.feature_columns),
+                   "images": _image_layout(inputs),
                    "task": spec.task, "target": inputs.target,
                    "classes": tuple(inputs.classes) if inputs.classes is not None else None,
                    "feature_mean": tuple(train_summary["mean"]), "feature_variance": tuple(train_summary["variance"]),
@@ -401,6 +439,7 @@ def train_network(
         "build": flavor.builder(),
         "params": dict(flavor.params),
         "batch_size": flavor.batch_size,
+        "shuffle_buffer": flavor.shuffle_buffer,
         "epochs": epochs,
         "seed": spec.seed,
         "description": description,
@@ -411,7 +450,9 @@ def train_network(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config=config,
         scaling_config=scaling_config(workers, gpu),
-        datasets={split: data.splits[split] for split in ("train", "validation")},
+        # Each epoch reads the training blocks in a new random order (and each worker shuffles its rows).
+        datasets={"train": data.splits["train"].randomize_block_order() if flavor.shuffle_buffer
+                  else data.splits["train"], "validation": data.splits["validation"]},
         run_config=RunConfig(
             name=run_name,
             storage_path=storage.uri(RUNS_LOCATION),
@@ -491,7 +532,8 @@ def _train_and_evaluate(storage: Storage, spec, data: PreparedData, *, workers: 
     flavor: KerasFlavor = spec.flavor
     # Each worker takes batch_size rows per step, so one optimizer step sees batch_size x workers rows.
     hyperparameters = {"build": _builder_path(flavor.build), **flavor.params, "batch_size": flavor.batch_size,
-                       "learning_rate": flavor.learning_rate, "seed": spec.seed, "epochs": trained["epochs"],
+                       "learning_rate": flavor.learning_rate, "shuffle_buffer": flavor.shuffle_buffer,
+                       "seed": spec.seed, "epochs": trained["epochs"],
                        "workers": workers, "gpu": gpu, "global_batch_size": flavor.batch_size * workers}
     return TrainedModel(
         artifact=trained["model_bytes"],

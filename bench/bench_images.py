@@ -1,0 +1,217 @@
+"""Images: training images per second on Ray Train against plain tf-keras `fit`, batch inference over a folder of
+photos against a plain loop, and the latency of one photo over HTTP.
+
+    python -m bench.bench_images [--photos 2000] [--epochs 15] [--requests 300] [--json]
+
+Sections (`--only train,batch,http` runs some), on generated apple photos (`examples/apple_images`) run through
+the feature pipeline and a training dataset, with the project's own network (`apple_defect_cnn`):
+
+- train: the training split through (a) plain tf-keras `model.fit` in this process on NumPy arrays, the same
+  network, batch size and epochs; (b) Orchard's `train_network` (Ray Train, Ray Data shards, a checkpoint every
+  epoch) with 1 worker and (c) with 2 workers. Images per second in `fit` itself (epochs 2 to N, the first
+  holds TensorFlow's graph tracing) and over the whole run (start of the call to its end: Ray Train's worker
+  group start, data streaming, checkpoints). Ray Train's overhead is (b)'s against (a)'s.
+- batch: `serve.batch.run_batch_inference` over a folder of photos (an actor pool of 1) against one Python
+  process reading each file, decoding it with the same `decode_image` and predicting 256 photos at a time.
+- http: one photo per request (multipart upload) to `/v1/models/apple_defect_cnn:predict`, one connection,
+  straight to the replica; p50 and p99 in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import SectionResults
+
+MODEL = "apple_defect_cnn"
+
+
+def _prepare(storage, photos: int) -> None:
+    from apple_images.generate import write_apple_images
+    from apple_images.groups import APPLE_PHOTOS
+
+    from features.catalog import get_view
+    from features.datasets import RandomSplit, create_training_dataset
+    from features.pipeline import run_feature_pipeline
+
+    write_apple_images(storage, rows=photos, seed=0)
+    run_feature_pipeline(storage, APPLE_PHOTOS)
+    create_training_dataset(storage, get_view("apple_defects"), RandomSplit(seed=0))
+
+
+def _plain_fit(storage, epochs: int) -> dict:
+    """The same network, data and batch size, trained by `model.fit` on arrays in this process."""
+    from training.catalog import get_spec
+    from training.flavors.keras import NetworkInputs, _image_layout, import_tensorflow
+    from training.model_data import FEATURES_COLUMN, TARGET_COLUMN, prepare_splits
+
+    _, tf_keras = import_tensorflow()
+    spec = get_spec(MODEL)
+    data = prepare_splits(storage, spec)
+    arrays = {split: data.splits[split].to_numpy_refs() for split in ("train", "validation")}
+    import ray
+
+    def stacked(refs):
+        batches = ray.get(refs)
+        return (np.concatenate([b[FEATURES_COLUMN] for b in batches]), np.concatenate([b[TARGET_COLUMN] for b in batches]))
+
+    (x, y), (vx, vy) = stacked(arrays["train"]), stacked(arrays["validation"])
+    summary = data.summaries["train"]
+    inputs = NetworkInputs(n_features=data.inputs.n_features, feature_columns=tuple(data.inputs.feature_columns),
+                           task=spec.task, target=data.inputs.target, classes=tuple(data.inputs.classes),
+                           feature_mean=tuple(summary["mean"]), feature_variance=tuple(summary["variance"]),
+                           learning_rate=spec.flavor.learning_rate, images=_image_layout(data.inputs))
+    tf_keras.utils.set_random_seed(spec.seed)
+    started = time.perf_counter()
+    model = spec.flavor.builder()(inputs, **spec.flavor.params)
+    epoch_seconds = []
+    for epoch in range(epochs):
+        began = time.perf_counter()
+        model.fit(x, y, validation_data=(vx, vy), batch_size=spec.flavor.batch_size, epochs=epoch + 1,
+                  initial_epoch=epoch, verbose=0, shuffle=True)
+        epoch_seconds.append(time.perf_counter() - began)
+    total = time.perf_counter() - started
+    return _throughput(len(y), epoch_seconds, total, model.evaluate(vx, vy, verbose=0)[1])
+
+
+def _throughput(images: int, epoch_seconds: list[float], total: float, accuracy: float | None) -> dict:
+    steady = epoch_seconds[1:] or epoch_seconds
+    return {"train_images": images, "epochs": len(epoch_seconds),
+            "fit_images_per_s": round(images * len(steady) / sum(steady), 1),
+            "run_images_per_s": round(images * len(epoch_seconds) / total, 1), "run_seconds": round(total, 2),
+            "validation_accuracy": None if accuracy is None else round(float(accuracy), 3)}
+
+
+def bench_train(storage, epochs: int) -> dict:
+    from training.catalog import get_spec
+    from training.flavors.keras import train_network
+
+    results = {"plain_fit": _plain_fit(storage, epochs)}
+    for workers in (1, 2):
+        started = time.perf_counter()
+        run = train_network(storage, get_spec(MODEL), workers=workers, epochs=epochs, run_name=f"bench-{workers}w")
+        total = time.perf_counter() - started
+        epoch_seconds = [m["fit_seconds"] for m in run["history"]]
+        results[f"ray_train_{workers}_worker"] = _throughput(run["rows"]["train"], epoch_seconds, total,
+                                                             run["history"][-1].get("val_accuracy"))
+    plain = results["plain_fit"]
+    for workers in (1, 2):
+        mine = results[f"ray_train_{workers}_worker"]
+        mine["fit_vs_plain"] = round(mine["fit_images_per_s"] / plain["fit_images_per_s"], 2)
+        mine["run_vs_plain"] = round(mine["run_images_per_s"] / plain["run_images_per_s"], 2)
+    return results
+
+
+def bench_batch(storage, photos: int, repeats: int) -> dict:
+    from apple_images.generate import write_apple_images
+
+    from features.images import decode_image
+    from orchard.registry import ModelRegistry
+    from serve.batch import run_batch_inference
+    from training.predictor import Predictor, image_inputs
+
+    folder = "incoming/bench"
+    write_apple_images(storage, rows=photos, seed=5, location=folder)
+    predictor = Predictor.load(ModelRegistry(storage), MODEL)
+    (spec,) = image_inputs(predictor.signature).values()
+    paths = sorted(e.path for e in storage.find_files(folder))
+
+    def plain() -> None:
+        for start in range(0, len(paths), 256):
+            pixels = [decode_image(storage.read_bytes(p), spec) for p in paths[start:start + 256]]
+            predictor.predict_pixels(pixels)
+
+    timings: dict[str, list[float]] = {"orchard_actor_pool": [], "plain_loop": []}
+    for attempt in range(repeats + 1):  # the first round warms up (Ray workers, TensorFlow imports)
+        for method in timings:
+            began = time.perf_counter()
+            if method == "plain_loop":
+                plain()
+            else:
+                if storage.exists(f"predictions/batch/{MODEL}"):  # else the same run again adds nothing
+                    storage.delete_dir(f"predictions/batch/{MODEL}")
+                run_batch_inference(storage, MODEL, folder, workers=1)
+            if attempt:
+                timings[method].append(time.perf_counter() - began)
+    medians = {m: statistics.median(s) for m, s in timings.items()}
+    return {"photos": photos, **{m: {"median_seconds": round(medians[m], 3), "seconds": [round(s, 3) for s in timings[m]],
+                                     "images_per_s": round(photos / medians[m], 1)} for m in timings},
+            "orchard_vs_plain": round(medians["plain_loop"] / medians["orchard_actor_pool"], 2)}
+
+
+def bench_http(config, storage, requests: int) -> dict:
+    import httpx
+    from ray import serve
+
+    from serve.app import deploy, replica_urls
+
+    deploy(config, replica_cpus=0)
+    try:
+        url = (replica_urls(wait_s=60) or [config.serve_url()])[0]
+        photo = storage.read_bytes(next(e.path for e in storage.find_files("landing/apple_images")
+                                        if e.path.endswith(".png")))
+        latencies = []
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for attempt in range(requests + 20):  # 20 warm-up requests
+                began = time.perf_counter()
+                response = client.post(f"/v1/models/{MODEL}:predict", files={"image": ("photo.png", photo)})
+                response.raise_for_status()
+                if attempt >= 20:
+                    latencies.append((time.perf_counter() - began) * 1000)
+    finally:
+        serve.delete("orchard")
+    latencies.sort()
+    return {"requests": requests, "p50_ms": round(statistics.median(latencies), 2),
+            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 2), "photo_bytes": len(photo)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="train,batch,http")
+    parser.add_argument("--photos", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-photos", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "orchard-bench", "images"))
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args()
+    sections = set(args.only.split(","))
+
+    from orchard.config import OrchardConfig
+    from orchard.output import stdout_reserved_for_json
+    from orchard.runtime import ray_session
+    from orchard.storage import Storage
+    from tests.helpers import free_port
+    from training.trainer import train_model
+
+    work = Path(args.work)
+    sink = SectionResults(work)
+    keep, results = sink.keep, sink.results
+
+    with stdout_reserved_for_json(args.json), tempfile.TemporaryDirectory(prefix="orchard-bench-images-") as root:
+        config = OrchardConfig.from_sources(storage=root, num_cpus=2, serve_port=free_port())
+        storage = Storage(config.storage)
+        with ray_session(config, quiet=True):
+            _prepare(storage, args.photos)
+            if "train" in sections:
+                keep("train", bench_train(storage, args.epochs))
+            if sections & {"batch", "http"}:
+                train_model(storage, MODEL, alias="production")
+            if "batch" in sections:
+                keep("batch", bench_batch(storage, args.batch_photos, args.repeats))
+            if "http" in sections:
+                keep("http", bench_http(config, storage, args.requests))
+    print(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
