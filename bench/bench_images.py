@@ -6,13 +6,17 @@ photos against a plain loop, and the latency of one photo over HTTP.
 Sections (`--only train,batch,http` runs some), on generated apple photos (`examples/apple_images`) run through
 the feature pipeline and a training dataset, with the project's own network (`apple_defect_cnn`):
 
-- train: the training split through (a) plain tf-keras `model.fit` in this process on NumPy arrays, the same
-  network, batch size and epochs; (b) Orchard's `train_network` (Ray Train, Ray Data shards, a checkpoint every
-  epoch) with 1 worker and (c) with 2 workers. Images per second in `fit` itself (epochs 2 to N, the first
+- train: the training split through (a) plain tf-keras `model.fit` in a process of its own on NumPy arrays, the
+  same network, batch size and epochs, with every core and again with one oneDNN thread (`OMP_NUM_THREADS=1`,
+  what Ray gives a worker of 1 CPU); (b) Orchard's `train_network` (Ray Train, Ray Data shards, a checkpoint every
+  epoch) with 1 worker (Ray with 2 CPUs) and (c) with 2 workers (Ray with 3 logical CPUs on the 2 cores, so
+  that Ray Data keeps one to stream the data to two workers). Images per second in `fit` itself (epochs 2 to N, the first
   holds TensorFlow's graph tracing) and over the whole run (start of the call to its end: Ray Train's worker
   group start, data streaming, checkpoints). Ray Train's overhead is (b)'s against (a)'s.
-- batch: `serve.batch.run_batch_inference` over a folder of photos (an actor pool of 1) against one Python
-  process reading each file, decoding it with the same `decode_image` and predicting 256 photos at a time.
+- batch: `serve.batch.run_batch_inference` over a folder of photos (an actor pool of 1, and of 2; a run
+  includes starting its actors, which import TensorFlow and load the network) against one Python process, the
+  network already loaded, reading each file, decoding it with the same `decode_image` and predicting 256
+  photos at a time.
 - http: one photo per request (multipart upload) to `/v1/models/apple_defect_cnn:predict`, one connection,
   straight to the replica; p50 and p99 in milliseconds.
 """
@@ -32,9 +36,12 @@ import numpy as np
 from bench.common import SectionResults
 
 MODEL = "apple_defect_cnn"
+PHOTOS = [2000]
 
 
 def _prepare(storage, photos: int) -> None:
+    if storage.exists("datasets"):
+        return
     from apple_images.generate import write_apple_images
     from apple_images.groups import APPLE_PHOTOS
 
@@ -47,39 +54,72 @@ def _prepare(storage, photos: int) -> None:
     create_training_dataset(storage, get_view("apple_defects"), RandomSplit(seed=0))
 
 
-def _plain_fit(storage, epochs: int) -> dict:
-    """The same network, data and batch size, trained by `model.fit` on arrays in this process."""
-    from training.catalog import get_spec
-    from training.flavors.keras import NetworkInputs, _image_layout, import_tensorflow
-    from training.model_data import FEATURES_COLUMN, TARGET_COLUMN, prepare_splits
+def _plain_fit(storage, epochs: int, work: Path) -> dict:
+    """The same network, data and batch size, trained by `model.fit` on arrays in a process of its own: once with
+    every core, once with one oneDNN thread, as Ray gives a worker of 1 CPU (`OMP_NUM_THREADS=1`)."""
+    import subprocess
+    import sys
 
-    _, tf_keras = import_tensorflow()
-    spec = get_spec(MODEL)
-    data = prepare_splits(storage, spec)
-    arrays = {split: data.splits[split].to_numpy_refs() for split in ("train", "validation")}
     import ray
 
-    def stacked(refs):
-        batches = ray.get(refs)
+    from training.catalog import get_spec
+    from training.flavors.keras import _image_layout
+    from training.model_data import FEATURES_COLUMN, TARGET_COLUMN, prepare_splits
+
+    spec = get_spec(MODEL)
+    data = prepare_splits(storage, spec)
+
+    def stacked(split: str):
+        batches = ray.get(data.splits[split].to_numpy_refs())
         return (np.concatenate([b[FEATURES_COLUMN] for b in batches]), np.concatenate([b[TARGET_COLUMN] for b in batches]))
 
-    (x, y), (vx, vy) = stacked(arrays["train"]), stacked(arrays["validation"])
+    (x, y), (vx, vy) = stacked("train"), stacked("validation")
     summary = data.summaries["train"]
-    inputs = NetworkInputs(n_features=data.inputs.n_features, feature_columns=tuple(data.inputs.feature_columns),
-                           task=spec.task, target=data.inputs.target, classes=tuple(data.inputs.classes),
-                           feature_mean=tuple(summary["mean"]), feature_variance=tuple(summary["variance"]),
-                           learning_rate=spec.flavor.learning_rate, images=_image_layout(data.inputs))
+    inputs = {"n_features": data.inputs.n_features, "feature_columns": list(data.inputs.feature_columns),
+              "task": spec.task, "target": data.inputs.target, "classes": list(data.inputs.classes),
+              "feature_mean": summary["mean"], "feature_variance": summary["variance"],
+              "learning_rate": spec.flavor.learning_rate, "images": [list(i) for i in _image_layout(data.inputs)]}
+    np.savez(work / "plain_fit.npz", x=x, y=y, vx=vx, vy=vy)
+    (work / "plain_fit.json").write_text(json.dumps({"inputs": inputs, "epochs": epochs}))
+    results = {}
+    for label, threads in (("plain_fit", None), ("plain_fit_1_thread", "1")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        if threads:
+            env["OMP_NUM_THREADS"] = threads
+        run = subprocess.run([sys.executable, "-m", "bench.bench_images", "--plain-fit", str(work)], env=env,
+                             capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            raise RuntimeError(f"plain fit failed: {run.stderr[-2000:]}")
+        results[label] = json.loads(run.stdout.strip().splitlines()[-1])
+    return results
+
+
+def _plain_fit_process(work: Path) -> None:
+    """The child of `_plain_fit`: fit on the saved arrays, print the throughput as one JSON line."""
+    from training.catalog import get_spec
+    from training.flavors.keras import NetworkInputs, import_tensorflow
+
+    _, tf_keras = import_tensorflow()
+    arrays = np.load(work / "plain_fit.npz")
+    setup = json.loads((work / "plain_fit.json").read_text())
+    raw = setup["inputs"]
+    inputs = NetworkInputs(**{**raw, "feature_columns": tuple(raw["feature_columns"]), "classes": tuple(raw["classes"]),
+                              "feature_mean": tuple(raw["feature_mean"]),
+                              "feature_variance": tuple(raw["feature_variance"]),
+                              "images": tuple((c, o, tuple(shape)) for c, o, shape in raw["images"])})
+    spec = get_spec(MODEL)
     tf_keras.utils.set_random_seed(spec.seed)
     started = time.perf_counter()
     model = spec.flavor.builder()(inputs, **spec.flavor.params)
     epoch_seconds = []
-    for epoch in range(epochs):
+    for epoch in range(setup["epochs"]):
         began = time.perf_counter()
-        model.fit(x, y, validation_data=(vx, vy), batch_size=spec.flavor.batch_size, epochs=epoch + 1,
-                  initial_epoch=epoch, verbose=0, shuffle=True)
+        model.fit(arrays["x"], arrays["y"], validation_data=(arrays["vx"], arrays["vy"]),
+                  batch_size=spec.flavor.batch_size, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=True)
         epoch_seconds.append(time.perf_counter() - began)
     total = time.perf_counter() - started
-    return _throughput(len(y), epoch_seconds, total, model.evaluate(vx, vy, verbose=0)[1])
+    accuracy = model.evaluate(arrays["vx"], arrays["vy"], verbose=0)[1]
+    print(json.dumps(_throughput(len(arrays["y"]), epoch_seconds, total, accuracy)))
 
 
 def _throughput(images: int, epoch_seconds: list[float], total: float, accuracy: float | None) -> dict:
@@ -90,24 +130,40 @@ def _throughput(images: int, epoch_seconds: list[float], total: float, accuracy:
             "validation_accuracy": None if accuracy is None else round(float(accuracy), 3)}
 
 
-def bench_train(storage, epochs: int) -> dict:
+def bench_train(config, epochs: int, keep, work: Path) -> dict:
+    """Plain fits and one worker on a Ray of 2 CPUs (a laptop's local Ray); two workers on one of 3 logical CPUs,
+    as two workers of one CPU each leave none for Ray Data on 2 (measured: one worker trains ~25% slower on 3)."""
+    from orchard.runtime import ray_session
+    from orchard.storage import Storage
+
+    storage = Storage(config.storage)
+    with ray_session(config.with_overrides(num_cpus=2), quiet=True):
+        _prepare(storage, PHOTOS[0])
+        results = _plain_fit(storage, epochs, work)
+        keep("train", results)
+        _train_run(storage, 1, epochs, results, keep)
+    with ray_session(config.with_overrides(num_cpus=3), quiet=True):
+        _train_run(storage, 2, epochs, results, keep)
+    for workers in (1, 2):
+        mine = results[f"ray_train_{workers}_worker"]
+        for baseline in ("plain_fit", "plain_fit_1_thread"):
+            for measure in ("fit", "run"):
+                mine[f"{measure}_vs_{baseline}"] = round(
+                    mine[f"{measure}_images_per_s"] / results[baseline][f"{measure}_images_per_s"], 2)
+    return results
+
+
+def _train_run(storage, workers: int, epochs: int, results: dict, keep) -> None:
     from training.catalog import get_spec
     from training.flavors.keras import train_network
 
-    results = {"plain_fit": _plain_fit(storage, epochs)}
-    for workers in (1, 2):
-        started = time.perf_counter()
-        run = train_network(storage, get_spec(MODEL), workers=workers, epochs=epochs, run_name=f"bench-{workers}w")
-        total = time.perf_counter() - started
-        epoch_seconds = [m["fit_seconds"] for m in run["history"]]
-        results[f"ray_train_{workers}_worker"] = _throughput(run["rows"]["train"], epoch_seconds, total,
-                                                             run["history"][-1].get("val_accuracy"))
-    plain = results["plain_fit"]
-    for workers in (1, 2):
-        mine = results[f"ray_train_{workers}_worker"]
-        mine["fit_vs_plain"] = round(mine["fit_images_per_s"] / plain["fit_images_per_s"], 2)
-        mine["run_vs_plain"] = round(mine["run_images_per_s"] / plain["run_images_per_s"], 2)
-    return results
+    started = time.perf_counter()
+    run = train_network(storage, get_spec(MODEL), workers=workers, epochs=epochs, run_name=f"bench-{workers}w")
+    total = time.perf_counter() - started
+    epoch_seconds = [m["fit_seconds"] for m in run["history"]]
+    results[f"ray_train_{workers}_worker"] = _throughput(run["rows"]["train"], epoch_seconds, total,
+                                                         run["history"][-1].get("val_accuracy"))
+    keep("train", results)
 
 
 def bench_batch(storage, photos: int, repeats: int) -> dict:
@@ -129,7 +185,7 @@ def bench_batch(storage, photos: int, repeats: int) -> dict:
             pixels = [decode_image(storage.read_bytes(p), spec) for p in paths[start:start + 256]]
             predictor.predict_pixels(pixels)
 
-    timings: dict[str, list[float]] = {"orchard_actor_pool": [], "plain_loop": []}
+    timings: dict[str, list[float]] = {"orchard_1_actor": [], "orchard_2_actors": [], "plain_loop": []}
     for attempt in range(repeats + 1):  # the first round warms up (Ray workers, TensorFlow imports)
         for method in timings:
             began = time.perf_counter()
@@ -138,13 +194,14 @@ def bench_batch(storage, photos: int, repeats: int) -> dict:
             else:
                 if storage.exists(f"predictions/batch/{MODEL}"):  # else the same run again adds nothing
                     storage.delete_dir(f"predictions/batch/{MODEL}")
-                run_batch_inference(storage, MODEL, folder, workers=1)
+                run_batch_inference(storage, MODEL, folder, workers=1 if method == "orchard_1_actor" else 2)
             if attempt:
                 timings[method].append(time.perf_counter() - began)
     medians = {m: statistics.median(s) for m, s in timings.items()}
     return {"photos": photos, **{m: {"median_seconds": round(medians[m], 3), "seconds": [round(s, 3) for s in timings[m]],
                                      "images_per_s": round(photos / medians[m], 1)} for m in timings},
-            "orchard_vs_plain": round(medians["plain_loop"] / medians["orchard_actor_pool"], 2)}
+            **{f"{m}_vs_plain": round(medians["plain_loop"] / medians[m], 2) for m in ("orchard_1_actor",
+                                                                                          "orchard_2_actors")}}
 
 
 def bench_http(config, storage, requests: int) -> dict:
@@ -183,7 +240,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "orchard-bench", "images"))
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--plain-fit", help=argparse.SUPPRESS)  # the plain tf-keras baseline's own process
     args = parser.parse_args()
+    if args.plain_fit:
+        return _plain_fit_process(Path(args.plain_fit))
     sections = set(args.only.split(","))
 
     from orchard.config import OrchardConfig
@@ -200,10 +260,11 @@ def main() -> None:
     with stdout_reserved_for_json(args.json), tempfile.TemporaryDirectory(prefix="orchard-bench-images-") as root:
         config = OrchardConfig.from_sources(storage=root, num_cpus=2, serve_port=free_port())
         storage = Storage(config.storage)
+        PHOTOS[0] = args.photos
+        if "train" in sections:
+            keep("train", bench_train(config, args.epochs, keep, work))
         with ray_session(config, quiet=True):
             _prepare(storage, args.photos)
-            if "train" in sections:
-                keep("train", bench_train(storage, args.epochs))
             if sections & {"batch", "http"}:
                 train_model(storage, MODEL, alias="production")
             if "batch" in sections:

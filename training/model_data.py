@@ -6,7 +6,10 @@ feature matrix and a target vector per block, with rows that hold a null in a
 feature or in the target dropped (a null means the point-in-time join found no
 fresh enough row; a made-up value would teach the model something that never
 happened). `prepare_splits` does that for the three splits and measures each
-one on the cluster; only statistics reach the driver.
+one on the cluster; only statistics reach the driver. Splits small enough
+(`MATERIALIZE_SHARE` of the object store) are kept there as float arrays, so
+a network's epochs do not read and convert the Parquet files again; larger
+ones stream from the files every epoch.
 
 A model's *signature* names the raw feature values a request must carry (the
 view's features before the fitted transformations), with their types; the
@@ -212,6 +215,16 @@ class PreparedData:
                 "rows": self.rows, "dropped_rows": self.dropped_rows}
 
 
+MATERIALIZE_SHARE = 0.2
+"""Prepared splits that take at most this share of the object store are held there (`prepare_splits`)."""
+
+
+def _fits_in_object_store(estimated_bytes: int) -> bool:
+    import ray
+
+    return estimated_bytes <= MATERIALIZE_SHARE * ray.cluster_resources().get("object_store_memory", 0)
+
+
 def prepare_splits(storage: Storage, spec: ModelDescription, dataset_version: int | None = None) -> PreparedData:
     """Open the spec's view's training dataset (the newest unless `dataset_version`) and prepare its splits."""
     from features.catalog import get_view
@@ -222,11 +235,14 @@ def prepare_splits(storage: Storage, spec: ModelDescription, dataset_version: in
     inputs = replace(inputs, images={c: s for c, s in image_specs(view).items() if c in inputs.feature_columns})
     n_classes = len(inputs.classes or ())
     splits, summaries, dropped = {}, {}, {}
+    keep_in_memory = _fits_in_object_store(sum(dataset.metadata["rows"].values()) * (inputs.n_features * 4 + 8))
     for split in SPLITS:
         splits[split] = dataset.read_transformed(split).map_batches(
             to_model_arrays, batch_format="pyarrow",
             fn_kwargs={"feature_columns": inputs.feature_columns, "target": inputs.target, "task": spec.task,
                        "images": inputs.images})
+        if keep_in_memory:  # read and converted once, not once per epoch and summary
+            splits[split] = splits[split].materialize()
         summaries[split] = split_summary(splits[split], n_classes)
         dropped[split] = dataset.metadata["rows"][split] - summaries[split]["count"]
         if summaries[split]["count"] == 0:

@@ -12,7 +12,7 @@ import pytest
 from features.transforms import LabelEncoder, OneHotEncoder, StandardScaler, TransformSet
 from orchard.errors import NotFoundError
 from training.catalog import get_spec
-from training.flavors.keras import DnnError, KerasFlavor, scaling_config
+from training.flavors.keras import DnnError, KerasFlavor, _check_room_for_ingest, scaling_config
 from training.model_data import ModelDataError, model_inputs, to_model_arrays
 from training.spec import ModelSpecError
 
@@ -152,3 +152,32 @@ def test_a_text_feature_is_refused_by_name():
     batch = pa.table({"buoy_id": ["b1"], "t": [1.0]})
     with pytest.raises(ModelDataError, match="column 'buoy_id' must hold numbers for the model, got string"):
         to_model_arrays(batch, ["buoy_id"], "t", "regression")
+
+
+def test_a_worker_group_that_leaves_no_cpu_for_the_data_is_refused_on_a_local_ray(monkeypatch, caplog):
+    import ray
+
+    import orchard.runtime
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(orchard.runtime, "owns_local_ray", lambda: True)
+    _check_room_for_ingest(1)  # one CPU left for Ray Data
+    with pytest.raises(DnnError, match="2 training worker.* take all 2 CPUs .* at most 1 worker.* --num-cpus"):
+        _check_room_for_ingest(2)
+    monkeypatch.setattr(orchard.runtime, "owns_local_ray", lambda: False)  # a cluster may still grow: a warning
+    with caplog.at_level("WARNING"):
+        _check_room_for_ingest(2)
+    assert "waits until the cluster has another CPU" in caplog.text
+
+
+def test_images_become_their_pixels_in_0_to_1_beside_the_other_inputs():
+    from features.images import ImageSpec
+
+    spec = ImageSpec(2, 2, channels=1)
+    batch = pa.table({"image": pa.array([bytes([0, 255, 51, 102]), None], pa.binary()),
+                      "size": pa.array([1.5, 2.0]), "label": pa.array([1, 0])})
+    arrays = to_model_arrays(batch, ["image", "size"], "label", "classification", images={"image": spec})
+    assert np.allclose(arrays["features"], [[0.0, 1.0, 0.2, 0.4, 1.5]])  # the row with no image: dropped
+    assert arrays["target"].tolist() == [1]
+    with pytest.raises(ModelDataError, match="column 'image' must hold numbers"):
+        to_model_arrays(batch, ["image", "size"], "label", "classification")

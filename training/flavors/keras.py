@@ -306,12 +306,21 @@ def _tf_dataset(shard, config: dict, shuffle: bool = False):
     import tensorflow as tf
 
     target_type = tf.int64 if config["task"] == "classification" else tf.float32
-    buffer = config.get("shuffle_buffer") or None if shuffle else None
-    # Explicit type specs spare `to_tf` a pass over the data to infer the schema.
-    return shard.to_tf(feature_columns=FEATURES_COLUMN, label_columns=TARGET_COLUMN, batch_size=config["batch_size"],
-                       local_shuffle_buffer_size=buffer,
-                       feature_type_spec=tf.TensorSpec((None, config["n_features"]), tf.float32),
-                       label_type_spec=tf.TensorSpec((None,), target_type))
+    buffer = config.get("shuffle_buffer", 0) if shuffle else 0
+    batch_size = config["batch_size"]
+
+    def batches(size: int):
+        # Explicit type specs spare `to_tf` a pass over the data to infer the schema.
+        return shard.to_tf(feature_columns=FEATURES_COLUMN, label_columns=TARGET_COLUMN, batch_size=size,
+                           feature_type_spec=tf.TensorSpec((None, config["n_features"]), tf.float32),
+                           label_type_spec=tf.TensorSpec((None,), target_type))
+
+    if not buffer:
+        return batches(batch_size)
+    # Rows come from Ray Data in chunks and are shuffled by TensorFlow (in C++, drawn anew every epoch): Ray Data's
+    # own local shuffle buffer (`local_shuffle_buffer_size`) halved the apple network's training speed.
+    return (batches(max(batch_size, 256)).unbatch().shuffle(buffer, reshuffle_each_iteration=True)
+            .batch(batch_size))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -321,7 +330,10 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
     tf_keras.utils.set_random_seed(config["seed"])
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # One worker needs no collective ops: the default strategy (measured on the apple photos' network, the
+    # all-reduce of a one-worker MultiWorkerMirroredStrategy cost a share of every step).
+    strategy = tf.distribute.MultiWorkerMirroredStrategy() if ray.train.get_context().get_world_size() > 1 \
+        else tf.distribute.get_strategy()
     checkpoint = ray.train.get_checkpoint()
     with strategy.scope():
         if checkpoint is None:
@@ -363,6 +375,25 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # -- the driver side
+
+
+def _check_room_for_ingest(workers: int) -> None:
+    """Refuse, on a local Ray this process started, a worker group that takes every CPU: Ray Data then has none
+    left to read and stream the training data to the workers, and the run waits forever. (A cluster may still
+    grow, so there it is a warning.)"""
+    import ray
+
+    from orchard.runtime import owns_local_ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers < cpus:
+        return
+    message = (f"{workers} training worker(s) of 1 CPU each take all {cpus:g} CPUs of this Ray cluster and leave "
+               "none for Ray Data to stream the training data to them")
+    if owns_local_ray():
+        raise DnnError(f"{message}; train with at most {max(int(cpus) - 1, 1)} worker(s) here, or give the local "
+                       "Ray more (logical) CPUs with --num-cpus")
+    log.warning("%s; the run waits until the cluster has another CPU", message)
 
 
 def _image_layout(inputs) -> tuple:
@@ -410,6 +441,7 @@ def train_network(
         raise DnnError(f"epochs must be a positive integer, got {epochs!r}")
     if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
         raise DnnError(f"max_failures must be -1 (retry forever) or a non-negative integer, got {max_failures!r}")
+    _check_room_for_ingest(workers)
     started = time.perf_counter()
     data = data or prepare_splits(storage, spec, dataset_version)
     inputs, train_summary = data.inputs, data.summaries["train"]
