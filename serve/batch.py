@@ -194,7 +194,7 @@ class _PredictImages(_PredictBlocks):
     reason."""
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        from features.images import ImageError, decode_image
+        from features.images import ImageError, decode_image, pixels_to_model
         from training.predictor import image_inputs
 
         (spec,) = image_inputs(self.predictor.signature).values()
@@ -209,18 +209,9 @@ class _PredictImages(_PredictBlocks):
         incomplete = np.array([reason is not None for reason in reasons], dtype=bool)
         complete = np.flatnonzero(~incomplete)
         outputs = np.asarray(self.predictor.flavor.predict(
-            self.predictor.estimator, _pixels_matrix([pixels[i] for i in complete], spec),
+            self.predictor.estimator, pixels_to_model([pixels[i] for i in complete], spec),
             self.predictor.signature)) if len(complete) else None
         return self._with_predictions(block.select(["path"]), outputs, incomplete, complete, reasons)
-
-
-def _pixels_matrix(pixels: list, spec) -> np.ndarray:
-    from features.images import pixels_to_model
-
-    return pixels_to_model(pixels, spec)
-
-
-IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"}
 
 
 def _image_input(storage: Storage, source: str, card: dict):

@@ -46,8 +46,9 @@ def _elements(shape: Any) -> int:
     return int(np.prod(shape)) if shape else 1
 
 
-def decode_tensor(raw: bytes, datatype: str, shape: Any, name: str) -> list:
-    """The flat list of values of one binary tensor."""
+def decode_tensor(raw: bytes, datatype: str, shape: Any, name: str) -> tuple[list, bool]:
+    """The flat list of values of one binary tensor, and whether they are base64 text (BYTES elements that are
+    not all UTF-8)."""
     count = _elements(shape)
     if datatype == "BYTES":
         values, offset = [], 0
@@ -63,9 +64,9 @@ def decode_tensor(raw: bytes, datatype: str, shape: Any, name: str) -> list:
         if len(values) != count:
             raise BinaryTensorError(f"input {name!r} has {len(values)} BYTES elements for shape {shape}")
         try:
-            return [value.decode("utf-8") for value in values]
+            return [value.decode("utf-8") for value in values], False
         except UnicodeDecodeError:  # binary elements (an image file): base64 text in the JSON request
-            return [base64.b64encode(value).decode("ascii") for value in values]
+            return [base64.b64encode(value).decode("ascii") for value in values], True
     kind = NUMPY_TYPES.get(datatype)
     if kind is None:
         raise BinaryTensorError(f"input {name!r}: datatype {datatype!r} cannot be sent as binary data")
@@ -73,7 +74,7 @@ def decode_tensor(raw: bytes, datatype: str, shape: Any, name: str) -> list:
     if len(raw) != count * width:
         raise BinaryTensorError(f"input {name!r}: {len(raw)} bytes of {datatype} for shape {shape} "
                                 f"(expected {count * width})")
-    return np.frombuffer(raw, dtype=np.dtype(kind).newbyteorder("<")).tolist()
+    return np.frombuffer(raw, dtype=np.dtype(kind).newbyteorder("<")).tolist(), False
 
 
 def encode_tensor(values: list, datatype: str) -> bytes:
@@ -112,29 +113,16 @@ def decode_request(body: bytes, header_length: int) -> tuple[dict, bool, set[str
             continue
         if not isinstance(size, int) or size < 0 or offset + size > len(body):
             raise BinaryTensorError(f"input {tensor.get('name')!r}: binary_data_size {size!r} runs past the body")
-        raw = body[offset:offset + size]
-        tensor["data"] = decode_tensor(raw, str(tensor.get("datatype")), tensor.get("shape"), str(tensor.get("name")))
+        tensor["data"], as_base64 = decode_tensor(body[offset:offset + size], str(tensor.get("datatype")),
+                                                  tensor.get("shape"), str(tensor.get("name")))
         offset += size
         tensor["parameters"] = {k: v for k, v in tensor["parameters"].items() if k != "binary_data_size"}
-        if tensor.get("datatype") == "BYTES" and tensor["data"] and not _is_text(raw):
+        if as_base64:
             tensor["parameters"]["content_type"] = "base64"
     if offset != len(body):
         raise BinaryTensorError(f"{len(body) - offset} bytes after the last binary input belong to no input")
     all_binary, named = wanted_binary(request)
     return request, all_binary, named
-
-
-def _is_text(raw: bytes) -> bool:
-    """Whether every element of binary BYTES data is UTF-8 text (else the elements became base64)."""
-    offset = 0
-    while offset < len(raw):
-        (length,) = struct.unpack_from("<I", raw, offset)
-        try:
-            raw[offset + 4:offset + 4 + length].decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        offset += 4 + length
-    return True
 
 
 def wanted_binary(request: dict) -> tuple[bool, set[str]]:
