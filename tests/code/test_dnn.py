@@ -12,7 +12,14 @@ import pytest
 from features.transforms import LabelEncoder, OneHotEncoder, StandardScaler, TransformSet
 from orchard.errors import NotFoundError
 from training.catalog import get_spec
-from training.flavors.keras import DnnError, KerasFlavor, _check_room_for_ingest, scaling_config
+from training.flavors.keras import (
+    LEARNING_RATE_SCHEDULES,
+    DnnError,
+    KerasFlavor,
+    _check_room_for_ingest,
+    _chosen_checkpoint,
+    scaling_config,
+)
 from training.model_data import ModelDataError, model_inputs, to_model_arrays
 from training.spec import ModelSpecError
 
@@ -60,6 +67,8 @@ def test_an_unknown_model_name_lists_the_known_ones():
     ({"learning_rate": 0.0}, "learning_rate must be a positive number, got 0.0"),
     ({"learning_rate": float("nan")}, "learning_rate must be a positive number"),
     ({"build": lambda inputs: None}, "build must be a module-level function"),
+    ({"learning_rate_schedule": "step"}, "learning_rate_schedule must be one of ['constant', 'cosine'], got 'step'"),
+    ({"keep": "first"}, "keep must be 'last' or 'best' (lowest validation loss), got 'first'"),
 ])
 def test_an_invalid_network_is_refused_with_the_field_named(changes, message):
     with pytest.raises(DnnError, match=re.escape(message)):
@@ -181,3 +190,28 @@ def test_images_become_their_pixels_in_0_to_1_beside_the_other_inputs():
     assert arrays["target"].tolist() == [1]
     with pytest.raises(ModelDataError, match="column 'image' must hold numbers"):
         to_model_arrays(batch, ["image", "size"], "label", "classification")
+
+
+def test_the_cosine_schedule_starts_at_the_base_rate_and_falls_towards_zero():
+    rates = [LEARNING_RATE_SCHEDULES["cosine"](0.01, epoch, 10) for epoch in range(1, 11)]
+    assert rates[0] == 0.01 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    assert rates[5] == pytest.approx(0.005)  # half way through: half the rate
+    assert LEARNING_RATE_SCHEDULES["constant"](0.01, 7, 10) == 0.01
+
+
+def _run(keep: str, losses: list[float]) -> tuple:
+    spec = get_spec("fruit_dnn_classifier")
+    spec = replace(spec, flavor=replace(spec.flavor, keep=keep))
+    checkpoints = [(f"epoch_{epoch}", {"epoch": epoch, "val_loss": loss}) for epoch, loss in enumerate(losses, 1)]
+    return _chosen_checkpoint(spec, checkpoints)[0]
+
+
+def test_keep_best_registers_the_epoch_of_lowest_validation_loss_and_skips_nan():
+    assert _run("best", [0.9, 0.4, float("nan"), 0.5]) == "epoch_2"
+    assert _run("best", [0.9, 0.4, 0.4, 0.5]) == "epoch_2"  # the earliest of equals
+    assert _run("last", [0.9, 0.4, 0.5]) == "epoch_3"
+
+
+def test_keep_best_without_a_finite_validation_loss_keeps_the_last_epoch_and_says_so(caplog):
+    assert _run("best", [float("nan"), float("inf")]) == "epoch_2"
+    assert "no epoch has a finite validation loss" in caplog.text

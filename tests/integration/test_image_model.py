@@ -73,6 +73,17 @@ def test_the_registered_version_describes_its_image_input(apple_storage, trained
     assert card["lineage"]["rows"]["train"] > 550
 
 
+def test_the_rate_decays_along_the_cosine_and_the_epoch_of_lowest_validation_loss_is_registered(
+        apple_storage, trained):
+    card = ModelRegistry(apple_storage).get(MODEL, trained["version"]).card
+    history = card["learning_curve"]["points"]
+    assert [m["epoch"] for m in history] == list(range(1, 16))
+    rates = [m["learning_rate"] for m in history]
+    assert rates[0] == pytest.approx(0.003) and all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    best = min(history, key=lambda m: (m["val_loss"], m["epoch"]))["epoch"]
+    assert card["hyperparameters"]["chosen_epoch"] == best and card["hyperparameters"]["keep"] == "best"
+
+
 def test_a_crashed_worker_resumes_the_network_from_its_last_checkpoint(apple_storage, tmp_path):
     marker = tmp_path / "crashed"
     run = train_network(apple_storage, get_spec(MODEL), epochs=3, max_failures=1, run_name="apples-crash",

@@ -198,6 +198,12 @@ class KerasFlavor(Flavor):
     """Training rows each worker shuffles anew every epoch (after the blocks' order is randomized), 0 for none.
     A training dataset is stored in key order: unshuffled, a network sees the rows of one class after another
     (a class per file name prefix, say) and does not learn."""
+    learning_rate_schedule: str = "constant"
+    """"constant", or "cosine": each epoch's rate falls from `learning_rate` towards zero along half a cosine over
+    the run's epochs (set per epoch, so a resumed run continues the same schedule)."""
+    keep: str = "last"
+    """Which epoch's network is registered: "last", or "best" (the lowest validation loss, as Keras's
+    `EarlyStopping(restore_best_weights=True)` would; every epoch's checkpoint is kept anyway)."""
 
     name = "keras"
     artifact = MODEL_FILE
@@ -226,6 +232,11 @@ class KerasFlavor(Flavor):
         rate = self.learning_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
             raise DnnError(f"learning_rate must be a positive number, got {rate!r}")
+        if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+            raise DnnError(f"learning_rate_schedule must be one of {sorted(LEARNING_RATE_SCHEDULES)}, got "
+                           f"{self.learning_rate_schedule!r}")
+        if self.keep not in ("last", "best"):
+            raise DnnError(f"keep must be 'last' or 'best' (lowest validation loss), got {self.keep!r}")
 
     def builder(self) -> Callable[..., Any]:
         if callable(self.build):
@@ -247,7 +258,8 @@ class KerasFlavor(Flavor):
     def describe(self) -> dict:
         return {"build": _builder_path(self.build), "params": self.params, "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "shuffle_buffer": self.shuffle_buffer}
+                "shuffle_buffer": self.shuffle_buffer, "learning_rate_schedule": self.learning_rate_schedule,
+                "keep": self.keep}
 
     def check_options(self, spec, options: TrainOptions) -> None:
         if options.epochs is not None and not _positive_int(options.epochs):
@@ -288,6 +300,29 @@ def scaling_config(workers: int, gpu: bool) -> "ray.train.ScalingConfig":
 
 
 # -- the training loop, run by every Ray Train worker
+
+
+def _cosine(rate: float, epoch: int, epochs: int) -> float:
+    return rate * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
+LEARNING_RATE_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
+    "constant": lambda rate, epoch, epochs: rate,
+    "cosine": _cosine,
+}
+"""Each schedule gives epoch `epoch`'s (1-based) learning rate of `epochs` from the flavor's base rate."""
+
+
+def _set_learning_rate(model, config: dict, epoch: int) -> None:
+    schedule = config.get("learning_rate_schedule", "constant")
+    if schedule == "constant":
+        return
+    rate = getattr(model.optimizer, "learning_rate", None)
+    if not hasattr(rate, "assign"):
+        raise DnnError(f"network {config['name']}: learning_rate_schedule {schedule!r} sets the optimizer's rate "
+                       f"each epoch, but the build function compiled it with {type(rate).__name__}; compile with "
+                       "a plain number (inputs.compile does) or use the constant schedule")
+    rate.assign(LEARNING_RATE_SCHEDULES[schedule](config["inputs"]["learning_rate"], epoch, config["epochs"]))
 
 
 def build_model(config: dict):
@@ -354,9 +389,11 @@ def train_loop_per_worker(config: dict) -> None:
     after_epoch: Callable[[int], None] | None = config.get("after_epoch")
     for epoch in range(completed + 1, config["epochs"] + 1):
         epoch_started = time.perf_counter()
+        _set_learning_rate(model, config, epoch)
         fitted = model.fit(train, validation_data=validation, epochs=epoch, initial_epoch=epoch - 1, verbose=0)
         metrics = {name: float(values[-1]) for name, values in fitted.history.items()}
-        metrics.update(epoch=epoch, resumed_from=completed, world_size=environment["world_size"],
+        metrics.update(epoch=epoch, resumed_from=completed, learning_rate=float(model.optimizer.learning_rate.numpy())
+                       if hasattr(model.optimizer.learning_rate, "numpy") else None, world_size=environment["world_size"],
                        fit_seconds=round(time.perf_counter() - epoch_started, 3))
         with tempfile.TemporaryDirectory(prefix="orchard-dnn-") as folder:
             # Every worker saves (MultiWorkerMirroredStrategy expects all of them to), only rank 0's copy is
@@ -472,6 +509,7 @@ def train_network(
         "params": dict(flavor.params),
         "batch_size": flavor.batch_size,
         "shuffle_buffer": flavor.shuffle_buffer,
+        "learning_rate_schedule": flavor.learning_rate_schedule,
         "epochs": epochs,
         "seed": spec.seed,
         "description": description,
@@ -494,10 +532,13 @@ def train_network(
         ),
     )
     result = trainer.fit()
-    history = sorted((dict(metrics) for _, metrics in result.best_checkpoints or []), key=lambda m: m["epoch"])
+    checkpoints = sorted(((checkpoint, dict(metrics)) for checkpoint, metrics in result.best_checkpoints or []),
+                         key=lambda pair: pair[1]["epoch"])
+    history = [metrics for _, metrics in checkpoints]
     if result.checkpoint is None or not history:
         raise DnnError(f"network {spec.name}: run {run_name} finished without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
+    chosen, chosen_metrics = _chosen_checkpoint(spec, checkpoints)
+    with chosen.as_directory() as folder:
         with open(os.path.join(folder, MODEL_FILE), "rb") as handle:
             model_bytes = handle.read()
         with open(os.path.join(folder, STATE_FILE)) as handle:
@@ -506,18 +547,32 @@ def train_network(
         "name": spec.name,
         "run_name": run_name,
         "run_path": result.path,
-        "checkpoint": result.checkpoint.path,
-        "checkpoint_filesystem": result.checkpoint.filesystem,
+        "checkpoint": chosen.path,
+        "checkpoint_filesystem": chosen.filesystem,
         "model_bytes": model_bytes,
         "worker_environment": worker_environment,
-        "epochs": int(result.metrics["epoch"]),
-        "metrics": dict(result.metrics),
+        "epochs": int(history[-1]["epoch"]),
+        "chosen_epoch": int(chosen_metrics["epoch"]),
+        "metrics": chosen_metrics,
         "history": history,
         "rows": data.rows,
         "dropped_rows": data.dropped_rows,
         **{key: description[key] for key in ("feature_columns", "target", "classes", "dataset")},
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _chosen_checkpoint(spec, checkpoints: list[tuple[Any, dict]]) -> tuple[Any, dict]:
+    """The last epoch's checkpoint, or with `keep="best"` the one with the lowest finite validation loss (the
+    earliest of equals)."""
+    if spec.flavor.keep == "last":
+        return checkpoints[-1]
+    scored = [(metrics["val_loss"], metrics["epoch"], index) for index, (_, metrics) in enumerate(checkpoints)
+              if isinstance(metrics.get("val_loss"), (int, float)) and math.isfinite(metrics["val_loss"])]
+    if not scored:
+        log.warning("network %s: no epoch has a finite validation loss; the last epoch's network is kept", spec.name)
+        return checkpoints[-1]
+    return checkpoints[min(scored)[2]]
 
 
 # -- evaluation on the test split, and loading without pickle
@@ -565,7 +620,8 @@ def _train_and_evaluate(storage: Storage, spec, data: PreparedData, *, workers: 
     # Each worker takes batch_size rows per step, so one optimizer step sees batch_size x workers rows.
     hyperparameters = {"build": _builder_path(flavor.build), **flavor.params, "batch_size": flavor.batch_size,
                        "learning_rate": flavor.learning_rate, "shuffle_buffer": flavor.shuffle_buffer,
-                       "seed": spec.seed, "epochs": trained["epochs"],
+                       "learning_rate_schedule": flavor.learning_rate_schedule, "keep": flavor.keep,
+                       "seed": spec.seed, "epochs": trained["epochs"], "chosen_epoch": trained["chosen_epoch"],
                        "workers": workers, "gpu": gpu, "global_batch_size": flavor.batch_size * workers}
     return TrainedModel(
         artifact=trained["model_bytes"],
