@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.definitions import FeatureGroup
 from orchard.errors import UsageError
@@ -188,6 +189,27 @@ class OfflineStore:
         from deltalake import DeltaTable
 
         return DeltaTable(self.table_uri(group)).version()
+
+    def row_count(self, group: FeatureGroup, version: int | None = None, *, quarantine: bool = False) -> int:
+        """Rows of the table (or its quarantine), from the Delta log's file statistics: no data file is read."""
+        if not (self.quarantine_exists(group) if quarantine else self.exists(group)):
+            return 0
+        from deltalake import DeltaTable
+
+        uri = self.quarantine_uri(group) if quarantine else self.table_uri(group)
+        actions = pa.table(DeltaTable(uri, version=version).get_add_actions(flatten=True))
+        return int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
+
+    def newest_event(self, group: FeatureGroup) -> Any:
+        """The latest event time in the table (from the Delta log's file statistics), or None."""
+        if not self.exists(group):
+            return None
+        from deltalake import DeltaTable
+
+        actions = pa.table(DeltaTable(self.table_uri(group)).get_add_actions(flatten=True))
+        column = f"max.{group.event_time}"
+        return pc.max(actions.column(column)).as_py() if column in actions.column_names and actions.num_rows \
+            else None
 
     def read(self, group: FeatureGroup, version: int | None = None, columns: list[str] | None = None) -> "ray.data.Dataset":
         """The table as a Ray Dataset (optionally as of an older table version)."""

@@ -159,11 +159,13 @@ class ModelRegistry:
             self.storage.delete_dir(staging)  # gone already when the version was published
         raise RegistryError(f"model {name!r}: could not claim a version number after {CLAIM_ATTEMPTS} tries")
 
-    def promote(self, name: str, version_or_reference: int | str, alias: str) -> int | None:
+    def promote(self, name: str, version_or_reference: int | str, alias: str, *,
+                reason: str | None = None) -> int | None:
         """Point `alias` at a version (a number, or an alias it is to follow); return where it pointed before.
 
         Rolling back is promoting the older version again. Each change is appended to
-        the alias history; promoting the version the alias already names changes nothing.
+        the alias history, with `reason` when given; promoting the version the alias
+        already names changes nothing.
         """
         check_name(alias, "alias", ALIAS_NAME)
         version = self.resolve(name, version_or_reference)
@@ -172,7 +174,7 @@ class ModelRegistry:
             aliases = self.aliases(name)
             previous = aliases.get(alias)
             if previous != version:
-                self._record_alias_change(name, alias, previous, version)
+                self._record_alias_change(name, alias, previous, version, reason)
                 self.storage.write_json(f"{self._folder(name)}/aliases.json", {**aliases, alias: version})
         return previous
 
@@ -180,7 +182,7 @@ class ModelRegistry:
         """The older name of `promote`, kept for existing callers."""
         self.promote(name, version, alias)
 
-    def delete_alias(self, name: str, alias: str) -> int:
+    def delete_alias(self, name: str, alias: str, *, reason: str | None = None) -> int:
         """Remove `alias` from `name` and return the version it pointed at."""
         if not self.versions(name):
             raise RegistryError(f"no model named {name!r} is registered")
@@ -189,7 +191,7 @@ class ModelRegistry:
             if alias not in aliases:
                 raise RegistryError(f"model {name!r} has no alias {alias!r}; it has {sorted(aliases)}")
             previous = aliases.pop(alias)
-            self._record_alias_change(name, alias, previous, None)
+            self._record_alias_change(name, alias, previous, None, reason)
             self.storage.write_json(f"{self._folder(name)}/aliases.json", aliases)
         return previous
 
@@ -202,14 +204,73 @@ class ModelRegistry:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield  # closing the file releases the lock, also when the process dies
 
-    def _record_alias_change(self, name: str, alias: str, previous: int | None, version: int | None) -> None:
+    def _record_alias_change(self, name: str, alias: str, previous: int | None, version: int | None,
+                             reason: str | None = None) -> None:
         # Written before aliases.json, so a crash in between leaves an entry for a change
         # that did not happen rather than a change with no entry.
         entry = {"time": _now(), "alias": alias, "from": previous, "to": version}
-        with open(self.storage.path(f"{self._folder(name)}/alias_history.jsonl"), "a") as history:
+        if reason:
+            entry["reason"] = reason
+        self._append_line(f"{self._folder(name)}/alias_history.jsonl", entry)
+
+    def _append_line(self, location: str, entry: dict) -> None:
+        with open(self.storage.path(location), "a") as history:
             history.write(json.dumps(entry, sort_keys=True) + "\n")
             history.flush()
             os.fsync(history.fileno())
+
+    # -- continuous training: the rollout in progress and the retraining history -----
+    def rollout(self, name: str) -> dict | None:
+        """The challenger rollout in progress for `name` (shadow or canary), or None."""
+        location = f"{self._folder(name)}/rollout.json"
+        return self.storage.read_json(location) if self.storage.exists(location) else None
+
+    def start_rollout(self, name: str, state: dict, *, reason: str) -> None:
+        """Point the `challenger` alias at `state["challenger"]` and record the rollout the service follows; refused
+        while another rollout is in progress."""
+        with self._aliases_locked(name):
+            current = self.rollout(name)
+            if current is not None:
+                raise RegistryError(f"model {name!r} already has a rollout of version {current['challenger']} in "
+                                    "progress; it must end first")
+            aliases = self.aliases(name)
+            if aliases.get("challenger") != state["challenger"]:
+                self._record_alias_change(name, "challenger", aliases.get("challenger"), state["challenger"], reason)
+                self.storage.write_json(f"{self._folder(name)}/aliases.json",
+                                        {**aliases, "challenger": state["challenger"]})
+            self.storage.write_json(f"{self._folder(name)}/rollout.json", state)
+
+    def end_rollout(self, name: str, challenger: int, *, promote: bool, reason: str) -> None:
+        """Finish the rollout of `challenger`: promote it to production, or drop it; the `challenger` alias goes.
+        Refused if the rollout in progress is not that version's (another step ended it and began another)."""
+        with self._aliases_locked(name):
+            state = self.rollout(name)
+            if state is None or state["challenger"] != challenger:
+                raise RegistryError(f"model {name!r} has no rollout of version {challenger} in progress"
+                                    + (f" (it has one of version {state['challenger']})" if state else ""))
+            aliases = self.aliases(name)
+            if promote:
+                self.verify(name, state["challenger"])
+                if aliases.get("production") != state["challenger"]:
+                    self._record_alias_change(name, "production", aliases.get("production"), state["challenger"],
+                                              reason)
+                aliases["production"] = state["challenger"]
+            if "challenger" in aliases:
+                self._record_alias_change(name, "challenger", aliases.pop("challenger"), None, reason)
+            self.storage.write_json(f"{self._folder(name)}/aliases.json", aliases)
+            self.storage.delete_file(f"{self._folder(name)}/rollout.json")
+
+    def record_event(self, name: str, event: dict) -> dict:
+        """Append one step of continuous training (triggered, trained, gated, rolled out, promoted, rolled back)
+        to the model's retraining history, with its time."""
+        entry = {"time": _now(), **event}
+        with self._aliases_locked(name):
+            self._append_line(f"{self._folder(name)}/retraining.jsonl", entry)
+        return entry
+
+    def events(self, name: str) -> list[dict]:
+        """The model's retraining history, oldest first."""
+        return self._read_lines(f"{self._folder(name)}/retraining.jsonl")
 
     # -- reading ------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -225,7 +286,9 @@ class ModelRegistry:
 
     def alias_history(self, name: str) -> list[dict]:
         """Every alias change, oldest first: {"time", "alias", "from", "to"}; "to" is None for a deletion."""
-        location = f"{self._folder(name)}/alias_history.jsonl"
+        return self._read_lines(f"{self._folder(name)}/alias_history.jsonl")
+
+    def _read_lines(self, location: str) -> list[dict]:
         if not self.storage.exists(location):
             return []
         lines = self.storage.read_bytes(location).decode().splitlines()

@@ -129,6 +129,10 @@ class Storage:
         if self.exists(relative):
             self.fs.delete_dir(self.path(relative))
 
+    def delete_file(self, relative: str) -> None:
+        if self.exists(relative):
+            self.fs.delete_file(self.path(relative))
+
     def publish_dir(self, staging: str, final: str) -> bool:
         """Atomically move a fully written folder to its final name.
 

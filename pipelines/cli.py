@@ -11,7 +11,9 @@ import typer
 
 from orchard.errors import OrchardError
 from orchard.output import emit, stdout_reserved_for_json
+from pipelines import monitor as monitor_job
 from pipelines import options
+from pipelines import retrain as retrain_job
 from pipelines import train as train_job
 
 app = typer.Typer(
@@ -56,16 +58,18 @@ def demo(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
                                          help="Epochs of every network (default: each network's own)."),
     port: int = typer.Option(None, "--port", help="HTTP port for Ray Serve (default 8000, env ORCHARD_SERVE_PORT)."),
+    models: Optional[List[str]] = typer.Option(None, "--model", help="Only this model (repeatable; default: every "
+                                                                       "model of the loaded projects)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the whole path once for the loaded projects (the bundled examples if none): generate data, run every
     feature pipeline, build every view's training dataset, train and register every model, serve them over HTTP,
-    query them, shut down."""
+    query them, send the predictions' outcomes and monitor the models, shut down."""
     from pipelines.demo import run_demo
 
     config = context.obj.with_overrides(serve_port=port)
     with stdout_reserved_for_json(as_json):
-        result = run_demo(config, rows=rows, seed=seed, epochs=epochs, days=days)
+        result = run_demo(config, rows=rows, seed=seed, epochs=epochs, days=days, models=models)
     if as_json:
         emit(result, as_json=True)
 
@@ -357,6 +361,69 @@ def train(
                           epochs=epochs, force=force, alias=alias)
 
 
+@app.command()
+def monitor(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="The registered model to monitor."),
+    window: str = typer.Option("1d", "--window", help=monitor_job.WINDOW_HELP),
+    since: Optional[str] = typer.Option(None, "--since", help="Only predictions from this time (ISO)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Only predictions before this time (ISO)."),
+    horizon: str = typer.Option("7d", "--horizon", help=monitor_job.HORIZON_HELP),
+    threshold: Optional[List[str]] = typer.Option(None, "--threshold", help=monitor_job.THRESHOLD_HELP),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Monitor a model: its logged predictions joined with their outcomes (performance per window) and drift of
+    every input and of the predictions against the version's training split; writes a JSON and HTML report with
+    plots and Prometheus gauges under monitoring/MODEL/."""
+    with stdout_reserved_for_json(as_json):
+        report = monitor_job.run(context.obj, model, quiet=as_json, window=window, since=since, until=until,
+                                 horizon=horizon, thresholds=threshold)
+    emit(report, as_json=as_json, human=monitor_job.describe)
+
+
+@app.command()
+def retrain(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="The model whose retraining loop to step."),
+    force: bool = typer.Option(False, "--force", help=retrain_job.FORCE_HELP),
+    challenger: Optional[int] = typer.Option(None, "--challenger", min=1, help=retrain_job.CHALLENGER_HELP),
+    follow: bool = typer.Option(False, "--follow", help=retrain_job.FOLLOW_HELP),
+    interval: str = typer.Option("5m", "--interval", help=retrain_job.INTERVAL_HELP),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Continuous training: judge a challenger's rollout (promote or roll back), or, when the model's retraining
+    policy fires, train a challenger on a new training dataset and gate it against production."""
+    retrain_job.command(context.obj, model, force=force, challenger=challenger, follow_=follow, interval=interval,
+                        as_json=as_json)
+
+
+@app.command()
+def outcomes(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="The registered model the outcomes belong to."),
+    path: str = typer.Argument(..., help="A JSON Lines, JSON or CSV file of outcomes (request_id and index, or "
+                                         "entity columns and time; and outcome)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Record what really happened for earlier predictions, checked against the model's classes or target."""
+    from pathlib import Path
+
+    from monitoring.outcomes import check_outcomes, read_outcome_file, store_outcomes
+    from orchard.registry import ModelRegistry
+    from orchard.storage import Storage
+
+    storage = Storage(context.obj.storage)
+    card = ModelRegistry(storage).get(model).card
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {path}: {error.strerror}", param_hint="PATH") from None
+    checked = check_outcomes(card["signature"], read_outcome_file(data, path))
+    stored = store_outcomes(storage, model, checked)
+    emit({"model": model, "outcomes": len(checked), "stored": stored}, as_json=as_json,
+         human=lambda r: f"{r['outcomes']} outcome(s) of {r['model']} stored in {r['stored']}")
+
+
 def _registry(context: typer.Context):
     from orchard.registry import ModelRegistry
     from orchard.storage import Storage
@@ -403,6 +470,34 @@ def models_show(
     name, _, reference = model.partition(":")
     card = _registry_call(lambda: _registry(context).get(name, reference or None).card)
     emit(card, as_json=as_json)
+
+
+@models_app.command("history")
+def models_history(
+    context: typer.Context,
+    model: str = typer.Argument(..., help="The model's name."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """A model's alias changes and continuous-training steps, oldest first, each with its reason; and the
+    challenger rollout in progress, if any."""
+    registry = _registry(context)
+    history = _registry_call(lambda: {"model": model, "aliases": registry.aliases(model),
+                                      "alias_history": registry.alias_history(model),
+                                      "retraining": registry.events(model), "rollout": registry.rollout(model)})
+    if not registry.versions(model):
+        raise typer.BadParameter(f"no model named {model!r} is registered", param_hint="MODEL")
+
+    def human(h: dict) -> str:
+        lines = [f"{h['model']}: aliases {h['aliases']}"]
+        lines += [f"  {e['time'][:19]}  {e['alias']}: {e['from']} -> {e['to']}"
+                  + (f"  ({e['reason']})" if e.get("reason") else "") for e in h["alias_history"]]
+        lines += [f"  {e['time'][:19]}  {e['event']}: " + (e.get("reason") or "; ".join(e.get("reasons", [])) or
+                                                             f"version {e.get('version')}") for e in h["retraining"]]
+        if h["rollout"]:
+            lines.append(f"  rollout in progress: {h['rollout']['mode']} of version {h['rollout']['challenger']}")
+        return "\n".join(lines)
+
+    emit(history, as_json=as_json, human=human)
 
 
 @models_app.command("promote")

@@ -16,6 +16,7 @@ the individual commands make.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,11 @@ from training.trainer import BelowBaselineError, train_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLE_PROJECTS = ("fruit", "surf", "hotel", "apple_images")
-STEPS = 7
+STEPS = 8
+HELD_OUT_ROWS = 5000
+"""Test rows read to draw the demo's requests from."""
+MONITORED_ROWS = 40
+"""Held-out rows each tabular model predicts over HTTP (in requests of ten) for the monitoring step."""
 
 
 class DemoError(OrchardError):
@@ -77,9 +82,13 @@ def held_out_rows(storage: Storage, model: str, count: int) -> list[dict]:
     view = get_view(card["lineage"]["view"])
     inputs = [item["name"] for item in card["signature"]["inputs"]]
     target = card["signature"]["target"]
-    rows = TrainingDataset.open(storage, view, card["lineage"]["dataset_version"]).read("test").take(10 * count)
+    rows = TrainingDataset.open(storage, view, card["lineage"]["dataset_version"]).read("test").take(HELD_OUT_ROWS)
     complete = [row for row in rows if all(row.get(name) is not None for name in [*inputs, target])]
-    return [{**{name: row[name] for name in inputs}, "_truth": row[target]} for row in complete[:count]]
+    # Drawn across the split (stored in key order: its first rows would be a few entities only), the same every run.
+    # A fixed order: asking for more rows gives the same first ones and then others.
+    order = list(range(len(complete)))
+    random.Random(0).shuffle(order)
+    return [{**{name: complete[i][name] for name in inputs}, "_truth": complete[i][target]} for i in order[:count]]
 
 
 def held_out_photos(storage: Storage, model: str, count: int) -> list[dict]:
@@ -153,13 +162,13 @@ def _takes_epochs(name: str) -> bool:
 
 
 def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, epochs: int | None = None, days: int = 3,
-             echo: Callable[[str], None] = print) -> dict:
+             models: list[str] | None = None, echo: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     config = example_config(config)
     activate(config.projects)
     storage = Storage(config.storage)
     summary: dict = {"storage": config.storage, "projects": [ref.module for ref in config.projects], "models": {},
-                     "predictions": {}, "v2": {}, "refused": {}}
+                     "predictions": {}, "v2": {}, "refused": {}, "monitoring": {}}
 
     def step(number: int, text: str) -> None:
         echo(f"[{number}/{STEPS}] {text}  ({time.perf_counter() - started:.1f}s)")
@@ -192,7 +201,11 @@ def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, e
             echo(f"      {metadata['view']} v{metadata['version']}: "
                  + ", ".join(f"{n} {c}" for n, c in metadata["rows"].items()))
 
-        models = list(model_specs())
+        known = list(model_specs())
+        unknown = sorted(set(models or ()) - set(known))
+        if unknown:
+            raise DemoError(f"no model {', '.join(unknown)} in the loaded projects; they define {', '.join(known)}")
+        models = [name for name in known if not models or name in models]
         step(4, f"training {len(models)} models (trees: a grid search, one Ray task per candidate; networks: "
                 f"Ray Train, {f'{epochs} epochs' if epochs else 'each its own epochs'})")
         for name in models:
@@ -218,6 +231,7 @@ def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, e
         # The replica's own port (Serve's direct ingress) when Ray runs with it: the V2 requests go there.
         direct_url = (replica_urls(wait_s=30) or [url])[0]
         registry = ModelRegistry(storage)
+        outcomes: dict[str, list[dict]] = {}
         try:
             with httpx.Client(base_url=url, timeout=60) as client, httpx.Client(timeout=60) as v2_client:
                 for name in summary["models"]:
@@ -240,13 +254,66 @@ def run_demo(config: OrchardConfig, *, rows: int | None = None, seed: int = 0, e
                     summary["v2"][name] = _infer_v2(v2_client, direct_url, name, instances, body["predictions"])
                     echo(f"      POST {direct_url}/v2/models/{name}/infer (Open Inference Protocol) -> "
                          f"version {summary['v2'][name]['model_version']}, the same predictions")
+                    outcomes[name] = _more_traffic(client, storage, name, response, rows_with_truth)
+                if outcomes:
+                    step(7, "a new day: the outcomes of these predictions arrive (POST .../outcomes); monitoring "
+                            "joins them to the prediction log and checks drift against each training split")
+                    _monitor(client, storage, outcomes, summary, echo)
         finally:
             stop_serving()
 
-    step(7, "shut down Serve and Ray")
+    step(8, "shut down Serve and Ray")
     summary["seconds"] = round(time.perf_counter() - started, 1)
     echo(f"done in {summary['seconds']}s; explore with `orchard --storage {config.storage} models list`")
     return summary
+
+
+def _more_traffic(client: httpx.Client, storage: Storage, name: str, first: httpx.Response,
+                  first_rows: list[dict]) -> list[dict]:
+    """More held-out rows of the model, ten per request; the outcomes of every request so far (the truth of each
+    row, by request id and index), to send once "the next day" comes."""
+    sent = [(first.headers["x-request-id"], first_rows)]
+    rows = held_out_rows(storage, name, MONITORED_ROWS + len(first_rows))[len(first_rows):]
+    for start in range(0, len(rows), 10):
+        part = rows[start:start + 10]
+        response = client.post(f"/v1/models/{name}:predict",
+                               json={"instances": [{k: v for k, v in row.items() if k != "_truth"} for row in part]})
+        if response.status_code != 200:
+            raise DemoError(f"{name}: HTTP {response.status_code}: {response.text}")
+        sent.append((response.headers["x-request-id"], part))
+    return [{"request_id": request_id, "index": index, "outcome": row["_truth"]}
+            for request_id, part in sent for index, row in enumerate(part)]
+
+
+def _monitor(client: httpx.Client, storage: Storage, outcomes: dict[str, list[dict]], summary: dict,
+             echo: Callable[[str], None]) -> None:
+    from monitoring.monitor import monitor
+    from monitoring.report import write_report
+    from serve.prediction_log import read_predictions
+
+    for name, records in outcomes.items():
+        response = client.post(f"/v1/models/{name}/outcomes", json={"outcomes": records})
+        if response.status_code != 200:
+            raise DemoError(f"{name}: outcomes: HTTP {response.status_code}: {response.text}")
+    wanted = {name: {r["request_id"] for r in records} for name, records in outcomes.items()}
+    deadline = time.monotonic() + 30  # the service writes its prediction log about once a second
+    while time.monotonic() < deadline and any(
+            not ids <= {r["request_id"] for r in read_predictions(storage.path("predictions"), name)}
+            for name, ids in wanted.items()):
+        time.sleep(0.25)
+    for name in outcomes:
+        report = write_report(storage, monitor(storage, name))
+        section = report["versions"][str(ModelRegistry(storage).aliases(name)["production"])]["overall"]
+        performance = section["performance"]
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in performance["metrics"].items()
+                            if k in ("accuracy", "macro_f1", "mae", "rmse")) if performance else "no outcomes"
+        page = storage.uri(f"{report['folder']}/report.html")
+        summary["monitoring"][name] = {"page": page, "predictions": section["predictions"],
+                                       "with_outcome": section["with_outcome"], "performance": performance,
+                                       "drifted_features": section["drifted_features"], "alerts": report["alerts"]}
+        echo(f"      {name}: {section['with_outcome']} of {section['predictions']} predictions with an outcome; "
+             f"live {figures}; drifted inputs: {', '.join(section['drifted_features']) or 'none'}")
+        echo(f"        report {page}")
 
 
 def _infer_v2(client: httpx.Client, url: str, name: str, instances: list[dict], expected: list) -> dict:

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -47,7 +47,7 @@ from orchard.config import OrchardConfig, normalize_storage_uri
 from orchard.errors import OrchardError
 from orchard.registry import ModelRegistry, RegistryError, default_version
 from orchard.storage import Storage
-from serve import protocol
+from serve import protocol, request_context
 from serve.binary_tensors import TensorBinaryExtension
 from training.flavors import flavor_class
 from training.predictor import InputError, Predictor, image_inputs, validate_instances
@@ -99,6 +99,14 @@ class PredictResponse(BaseModel):
     features: Optional[list[dict[str, Any]]] = None
     """For entities: per entity and group, the event time of the row used and its status (ok, missing, expired,
     future); an entity whose features are missing gets a null prediction, as training drops such rows."""
+
+
+class OutcomesRequest(BaseModel):
+    """What really happened, for earlier predictions: each outcome names its prediction by `request_id` (the
+    x-request-id of the answer) and `index` (the instance's position, 0 by default), or by `entity` (the view's
+    entity columns) and `time` (when it was observed; now if not given)."""
+
+    outcomes: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_INSTANCES * 10)
 
 
 class InferRequest(BaseModel):
@@ -337,6 +345,8 @@ class PredictionService:
         self._alias_ttl_s = alias_ttl_s
         self._aliases: dict[str, tuple[float, dict[str, int], list[int]]] = {}  # name -> (read at, aliases, versions)
         self._cards: dict[tuple[str, int], dict] = {}
+        self._rollouts: dict[str, dict | None] = {}  # name -> the challenger rollout the registry records, if any
+        self._shadow_tasks: set[asyncio.Task] = set()
         self._metrics = _metrics()
         self._log = PredictionLog(self._storage.path("predictions")) if log_predictions and self._storage.is_local \
             else None
@@ -356,6 +366,7 @@ class PredictionService:
             versions = self._registry.versions(name)
             if not versions:
                 raise RegistryError(f"no model named {name!r} is registered")
+            self._rollouts[name] = self._registry.rollout(name)
             self._aliases[name] = (time.monotonic(), self._registry.aliases(name), versions)
         _, aliases, versions = self._aliases[name]
         return aliases, versions
@@ -371,6 +382,10 @@ class PredictionService:
             self._card(name, version)  # a 404 naming the version if it does not exist
             return version
         aliases, versions = self._registry_view(name)
+        rollout = self._rollouts.get(name)
+        if rollout and rollout["mode"] == "canary" and request_context.FOLLOWS_ROLLOUT.get() \
+                and random.random() < rollout["share"]:
+            return rollout["challenger"]
         split = self._canary.get(name)
         if split:
             draw, total = random.random(), 0.0
@@ -391,7 +406,8 @@ class PredictionService:
             await asyncio.to_thread(self._card, name, version)
         return version, self._cards[(name, version)]
 
-    async def _predict(self, name: str, version: int, card: dict, instances: list[dict], protocol_name: str):
+    async def _predict(self, name: str, version: int, card: dict, instances: list[dict], protocol_name: str,
+                       entities: dict | None = None, shadow: bool = False):
         started = time.perf_counter()
         tags = {"model": name, "version": str(version), "protocol": protocol_name}
         images = image_inputs(card["signature"])
@@ -409,8 +425,25 @@ class PredictionService:
         self._metrics["instances"].inc(len(validated), tags=tags)
         self._metrics["latency"].observe((time.perf_counter() - started) * 1000, tags=tags)
         if self._log is not None:
-            self._log.record(name, version, request_id, _loggable(validated, images), predictions)
+            self._log.record(name, version, request_id, _loggable(validated, images), predictions,
+                             **(entities or {}), shadow=shadow)
+        rollout = self._rollouts.get(name)
+        if rollout and rollout["mode"] == "shadow" and version == rollout["champion"] and not shadow \
+                and request_context.FOLLOWS_ROLLOUT.get() and self._log is not None:
+            # The challenger answers a copy of the request after the answer is on its way: logged, never returned.
+            task = asyncio.create_task(self._shadow(name, rollout["challenger"], instances, protocol_name, entities))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
         return predictions, request_id
+
+    async def _shadow(self, name: str, version: int, instances: list[dict], protocol_name: str,
+                      entities: dict | None) -> None:
+        try:
+            _, card = await self._resolve(name, version)
+            await self._predict(name, version, card, instances, protocol_name, entities, shadow=True)
+        except Exception as error:  # a challenger's failure never reaches the client; it is counted and logged
+            self._metrics["errors"].inc(tags={"model": name, "protocol": "shadow", "status": "error"})
+            log.warning("shadow prediction of %s version %d failed: %s", name, version, error)
 
     async def _run_model(self, model_id: str, flavor: str, instances: list[dict]) -> list:
         """Predictions for rows `validate_instances` already checked against the version's signature."""
@@ -469,11 +502,25 @@ class PredictionService:
             instances.append(None if any(instance[n] is None and n in looked_up for n in names) else instance)
         return instances, vectors.sources
 
-    async def _predict_entities(self, name: str, version: int, card: dict, entities: list[dict], protocol_name: str):
+    async def _predict_entities(self, name: str, version: int, card: dict, entities: list[dict], protocol_name: str,
+                                all_or_nothing: bool = False):
+        """Predictions for entities (None where features are missing), what each used, and the request id. With
+        `all_or_nothing`, an entity lacking features refuses the whole request before anything is predicted."""
+        from features.vectors import entity_columns
+
         instances, sources = await self._entity_instances(card, entities)
-        complete = [instance for instance in instances if instance is not None]
-        predicted, request_id = await self._predict(name, version, card, complete, protocol_name) if complete \
-            else ([], None)
+        lacking = [(i, ref) for i, used in enumerate(sources) for ref, u in used.items() if u["status"] != "ok"]
+        if all_or_nothing and lacking:
+            index, ref = lacking[0]
+            raise InputError(f"entity {index} has no usable {ref} row ({sources[index][ref]['status']}); "
+                             f"{len({i for i, _ in lacking})} of {len(entities)} entities lack features")
+        positions = [i for i, instance in enumerate(instances) if instance is not None]
+        keys = entity_columns(self._view(card["lineage"]["view"]))
+        # Logged with each entity's key and its position in the request (the answer's), which outcomes name.
+        logged = {"entities": [{key: entities[i].get(key) for key in keys} for i in positions],
+                  "positions": positions}
+        predicted, request_id = await self._predict(name, version, card, [instances[i] for i in positions],
+                                                    protocol_name, logged) if positions else ([], None)
         answers = iter(predicted)
         return [next(answers) if instance is not None else None for instance in instances], sources, request_id
 
@@ -488,6 +535,7 @@ class PredictionService:
 
     # -- simple JSON, or a multipart upload
     async def _v1(self, name: str, version: int | None, request: Request) -> PredictResponse:
+        request_context.FOLLOWS_ROLLOUT.set(version is None)
         body = await _predict_request(request)
         version, card = await self._resolve(name, version)
         if body.entities is not None:
@@ -507,6 +555,69 @@ class PredictionService:
     async def predict_version(self, name: str, version: int, request: Request):
         """Predict with one exact version."""
         return await self._v1(name, version, request)
+
+    @api.post("/v1/models/{name}/outcomes")
+    async def outcomes(self, name: str, body: OutcomesRequest) -> dict:
+        """Record outcomes of earlier predictions for monitoring (`orchard monitor`). They are checked against the
+        model's classes or target and stored before the answer: a 200 means they are on storage; a bad one is a
+        422 naming it, and none of the batch is stored."""
+        from monitoring.outcomes import check_outcomes, store_outcomes
+
+        _, card = await self._resolve(name, None)
+        signature = card["signature"]
+        rollout = self._rollouts.get(name)
+        if rollout and signature.get("classes") is not None:  # the challenger's classes count too
+            _, challenger = await self._resolve(name, rollout["challenger"])
+            classes = [*signature["classes"], *(c for c in challenger["signature"].get("classes") or []
+                                                if c not in signature["classes"])]
+            signature = {**signature, "classes": classes}
+        checked = check_outcomes(signature, body.outcomes)
+        stored = await asyncio.to_thread(store_outcomes, self._storage, name, checked)
+        return {"model": name, "stored": len(checked), "file": stored}
+
+    @api.get("/metrics/monitoring", responses={200: {"description": "Gauges in Prometheus' text format (0.0.4).",
+                                                      "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def monitoring_metrics(self) -> PlainTextResponse:
+        """The gauges of every model's latest monitoring report (`orchard monitor`), in Prometheus' text format."""
+        from monitoring.report import latest_reports_text
+
+        text = await asyncio.to_thread(latest_reports_text, self._storage, self._registry.models())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    # -- the web UI: one static page and the documents it shows
+    @api.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    async def ui(self) -> HTMLResponse:
+        from serve.ui import page
+
+        return HTMLResponse(await asyncio.to_thread(page))
+
+    @api.get("/ui/api/overview")
+    async def ui_overview(self) -> dict:
+        """Projects, feature groups (rows, freshness, quarantined rows), views and datasets, models."""
+        from serve.ui import overview
+
+        return await asyncio.to_thread(overview, self._storage)
+
+    @api.get("/ui/api/models/{name}")
+    async def ui_model(self, name: str) -> dict:
+        """A model's versions, metrics, lineage, alias and retraining history, and latest monitoring."""
+        from serve.ui import model
+
+        return await asyncio.to_thread(model, self._storage, name)
+
+    @api.get("/ui/files/models/{name}/{version}/{file_name}", include_in_schema=False)
+    async def ui_model_plot(self, name: str, version: int, file_name: str) -> Response:
+        from serve.ui import model_plot
+
+        return Response(await asyncio.to_thread(model_plot, self._storage, name, version, file_name),
+                        media_type="image/png")
+
+    @api.get("/ui/files/monitoring/{name}/{file_name}", include_in_schema=False)
+    async def ui_monitoring_plot(self, name: str, file_name: str) -> Response:
+        from serve.ui import monitoring_plot
+
+        return Response(await asyncio.to_thread(monitoring_plot, self._storage, name, file_name),
+                        media_type="image/png")
 
     @api.get("/v1/models")
     def list_models(self) -> dict:
@@ -550,6 +661,7 @@ class PredictionService:
         return await self._infer(name, version, body)
 
     async def _infer(self, name: str, version: int | None, body: InferRequest):
+        request_context.FOLLOWS_ROLLOUT.set(version is None)
         version, card = await self._resolve(name, version)
         signature = card["signature"]
         entity_inputs = await self._entity_tensor_names(card, body.inputs)
@@ -559,12 +671,9 @@ class PredictionService:
             predictions, request_id = await self._predict(name, version, card, instances, "v2")
         else:  # the key columns as tensors: features from the online store
             entities = protocol.rows_from_tensors(body.inputs, entity_inputs, MAX_INSTANCES)
-            predictions, sources, request_id = await self._predict_entities(name, version, card, entities, "v2")
-            lacking = [(i, ref) for i, used in enumerate(sources) for ref, u in used.items() if u["status"] != "ok"]
-            if lacking:  # a tensor has no nulls: refuse rather than answer in part
-                index, ref = lacking[0]
-                raise InputError(f"entity {index} has no usable {ref} row ({sources[index][ref]['status']}); "
-                                 f"{len({i for i, _ in lacking})} of {len(entities)} entities lack features")
+            # A tensor has no nulls: an entity without features refuses the request rather than answer in part.
+            predictions, sources, request_id = await self._predict_entities(name, version, card, entities, "v2",
+                                                                            all_or_nothing=True)
             parameters = {"features": sources}
         answer = {"model_name": name, "model_version": str(version), "id": body.id or request_id,
                   "outputs": protocol.requested_outputs(protocol.output_tensors(signature, predictions), body.outputs)}

@@ -37,10 +37,21 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def record(self, model: str, version: int, request_id: str, inputs: list, outputs: list) -> None:
-        """Queue one request's predictions (never blocks)."""
-        entry = {"time": datetime.now(timezone.utc).isoformat(), "model": model, "version": version,
+    def record(self, model: str, version: int, request_id: str, inputs: list, outputs: list,
+               entities: list[dict] | None = None, positions: list[int] | None = None,
+               time: datetime | None = None, shadow: bool = False) -> None:
+        """Queue one request's predictions (never blocks). `entities` are the entity keys the inputs were looked
+        up for (one per input), so that outcomes reported by entity key can be joined to them later; `positions`
+        each input's place in the request's answer where they differ (entities without features get none); `time`
+        is now unless given (a backfill's); `shadow` marks a challenger's answers that were never returned."""
+        entry = {"time": (time or datetime.now(timezone.utc)).isoformat(), "model": model, "version": version,
                  "request_id": request_id, "inputs": inputs, "outputs": outputs}
+        if entities is not None:
+            entry["entities"] = entities
+        if positions is not None:
+            entry["positions"] = positions
+        if shadow:
+            entry["shadow"] = True
         try:
             self._queue.put_nowait(entry)
         except queue.Full:

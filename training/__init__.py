@@ -2,7 +2,7 @@
 
 What a project uses to define its models is exported here:
 
-    from training import ModelSpec, SklearnFlavor, KerasFlavor, NetworkInputs, dense_network
+    from training import ModelSpec, SklearnFlavor, KerasFlavor, NetworkInputs, RetrainPolicy, dense_network
 """
 
 from training.flavors import (
@@ -15,7 +15,8 @@ from training.flavors import (
                               dense_network,
                               register_flavor,
 )
+from training.policy import RetrainPolicy
 from training.spec import ModelSpec
 
-__all__ = ["Flavor", "KerasFlavor", "ModelSpec", "NetworkInputs", "SklearnFlavor", "TrainOptions", "TrainedModel",
-           "dense_network", "register_flavor"]
+__all__ = ["Flavor", "KerasFlavor", "ModelSpec", "NetworkInputs", "RetrainPolicy", "SklearnFlavor", "TrainOptions",
+           "TrainedModel", "dense_network", "register_flavor"]

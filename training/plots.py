@@ -63,17 +63,24 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str]
 
 
 def _confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, title: str) -> Figure:
-    counts = _checked_matrix(matrix, classes)
-    size = len(counts)
     figure = _new_figure()
     axes = figure.add_subplot()
+    image = draw_confusion_matrix(axes, matrix, classes, title=title)
+    colour_bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    colour_bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return figure
+
+
+def draw_confusion_matrix(axes, matrix: Sequence[Sequence[int]], classes: Sequence[str], *, title: str,
+                          scale: float = 1.0, true_label: str = "true"):
+    """Counts per (true class, predicted class) drawn on `axes` (rows true, columns predicted), each count in the
+    colour that reads best on its cell; returns the image (for a colour bar). `scale` shrinks the text."""
+    counts = _checked_matrix(matrix, classes)
+    size = len(counts)
     # vmax of at least 1 keeps an all-zero matrix drawable (a zero-width range divides by zero).
     norm = Normalize(vmin=0, vmax=max(1, max(max(row) for row in counts)))
     image = axes.imshow(counts, cmap=CONFUSION_COLOUR_MAP, norm=norm, interpolation="nearest")
-    colour_bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-    colour_bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-
-    font_size = max(5.0, min(11.0, 80.0 / size))
+    font_size = max(5.0, min(11.0, 80.0 / size)) * scale
     for row, row_counts in enumerate(counts):
         for column, count in enumerate(row_counts):
             cell_colour = image.cmap(norm(count))
@@ -86,14 +93,14 @@ def _confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[
     positions = list(range(size))
     labels = [str(name) for name in classes]
     long_names = max(len(label) for label in labels) > 5
-    axes.set_xticks(positions, labels, parse_math=False,
+    axes.set_xticks(positions, labels, parse_math=False, fontsize=10 * scale,
                     rotation=45 if long_names else 0, ha="right" if long_names else "center",
                     rotation_mode="anchor")
-    axes.set_yticks(positions, labels, parse_math=False)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title, parse_math=False)
-    return figure
+    axes.set_yticks(positions, labels, parse_math=False, fontsize=10 * scale)
+    axes.set_xlabel("predicted", fontsize=10 * scale)
+    axes.set_ylabel(true_label, fontsize=10 * scale)
+    axes.set_title(title, parse_math=False, fontsize=11 * scale)
+    return image
 
 
 def _readable_text_colour(background: Any) -> str:

@@ -44,6 +44,8 @@ class ModelSpec:
     """View features the model does not take (identifiers, join keys)."""
     seed: int = 0
     description: str = ""
+    retrain: Any = None
+    """A `training.RetrainPolicy` for `orchard retrain` (None: the defaults, only `--force` retrains)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -61,10 +63,15 @@ class ModelSpec:
         object.__setattr__(self, "excluded_features", tuple(self.excluded_features))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ModelSpecError(f"model {self.name}: seed must be an integer, got {self.seed!r}")
+        from training.policy import RetrainPolicy
+
+        if self.retrain is not None and not isinstance(self.retrain, RetrainPolicy):
+            raise ModelSpecError(f"model {self.name}: retrain must be a training.RetrainPolicy, got {self.retrain!r}")
         self.flavor.check_spec(self)
 
     def describe(self) -> dict:
         """Plain data for the model card's lineage."""
         return {"name": self.name, "view": self.view, "task": self.task, "target": self.target,
                 "excluded_features": list(self.excluded_features), "seed": self.seed,
-                "description": self.description, "flavor": self.flavor.name, **self.flavor.describe()}
+                "description": self.description, "flavor": self.flavor.name, **self.flavor.describe(),
+                **({"retrain": self.retrain.to_dict()} if self.retrain is not None else {})}

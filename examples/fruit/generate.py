@@ -24,16 +24,27 @@ _VARIETIES = {
 }
 
 
-def fruit_frame(rows: int, seed: int, start: datetime = FIRST_DAY) -> pd.DataFrame:
-    """Fruit measurements in the feature group's own units, one row per fruit."""
+# A new season's variety: golden apples, orange in colour and nearly as smooth as oranges, but lighter for their
+# size, a little greener and bluer. A model that never saw them takes them for oranges.
+_GOLDEN = dict(label="apple", rgb=((0.93, 0.04), (0.66, 0.06), (0.22, 0.05)), diameter=(79.0, 6.0), density=0.39,
+               smoothness=(0.42, 0.08))
+
+
+def fruit_frame(rows: int, seed: int, start: datetime = FIRST_DAY, golden_share: float = 0.0) -> pd.DataFrame:
+    """Fruit measurements in the feature group's own units, one row per fruit; `golden_share` of them golden
+    apples (a distribution shift: a variety the first days never had)."""
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")
+    if not 0.0 <= golden_share <= 1.0:
+        raise ValueError(f"golden_share must be between 0 and 1, got {golden_share}")
     rng = np.random.default_rng(seed)
-    names = list(_VARIETIES)
-    variety = rng.choice(names, size=rows, p=[_VARIETIES[n]["share"] for n in names])
+    varieties = {**_VARIETIES, "golden_apple": dict(_GOLDEN, share=0.0)} if golden_share else _VARIETIES
+    names = list(varieties)
+    shares = [varieties[n]["share"] * (1 - golden_share) if n != "golden_apple" else golden_share for n in names]
+    variety = rng.choice(names, size=rows, p=shares)
     frame = {key: np.empty(rows) for key in ("red", "green", "blue", "diameter_mm", "weight_g", "smoothness")}
     for name in names:
-        spec, mask = _VARIETIES[name], variety == name
+        spec, mask = varieties[name], variety == name
         count = int(mask.sum())
         for channel, (mean, spread) in zip(("red", "green", "blue"), spec["rgb"]):
             frame[channel][mask] = np.clip(rng.normal(mean, spread, count), 0.0, 1.0)
@@ -48,7 +59,7 @@ def fruit_frame(rows: int, seed: int, start: datetime = FIRST_DAY) -> pd.DataFra
         "fruit_id": [f"f-{seed}-{start:%Y%m%d}-{i:06d}" for i in range(rows)],
         "measured_at": measured_at.floor("ms"),
         **{k: np.round(v, 4) for k, v in frame.items()},
-        "label": [_VARIETIES[v]["label"] for v in variety],
+        "label": [varieties[v]["label"] for v in variety],
         "variety": variety,
     })
 
@@ -68,7 +79,7 @@ _JSON_DAMAGE = (
 
 
 def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str = LANDING,
-                bad_fraction: float = 0.0, databases=None) -> GeneratedSlice:
+                bad_fraction: float = 0.0, databases=None, golden_share: float = 0.0) -> GeneratedSlice:
     """Write one day of fruit: half as the scale's CSV, half as the sorting line's JSON Lines.
 
     With `bad_fraction` > 0 that share of records is damaged in the ways real
@@ -78,7 +89,7 @@ def write_fruit(storage: Storage, rows: int = 2000, seed: int = 0, location: str
         raise ValueError(f"bad_fraction must be between 0 and 1, got {bad_fraction}")
     rng = np.random.default_rng(seed + 7919)
     day = next_slice(storage, location)
-    frame = fruit_frame(rows, seed=seed + day, start=FIRST_DAY + timedelta(days=day - 1))
+    frame = fruit_frame(rows, seed=seed + day, start=FIRST_DAY + timedelta(days=day - 1), golden_share=golden_share)
     frame = frame.drop(columns=["variety"])
     folder = f"{location}/day-{day:04d}"
     half = rows // 2

@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import REPOSITORY
 
-LAYERS = {"orchard": 0, "features": 1, "training": 2, "serve": 3, "pipelines": 4}
+LAYERS = {"orchard": 0, "features": 1, "training": 2, "monitoring": 3, "serve": 4, "pipelines": 5}
 """Kernel, features, training, serving, jobs and the CLI: a module may import its own layer and the ones below."""
 EXAMPLES = REPOSITORY / "examples"
 

@@ -46,8 +46,8 @@ def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(tm
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
 
-    for step in range(1, 8):
-        assert f"[{step}/7]" in result.stderr
+    for step in range(1, 9):
+        assert f"[{step}/8]" in result.stderr
     assert failure_looking_lines(result.stderr) == []  # a healthy run prints only its own progress
     fruit_rows = generators()["fruit"].default_rows
     assert summary["features"]["fruit_measurements:1"]["rows_written"] == 3 * fruit_rows  # three days (--days 3)
@@ -73,6 +73,14 @@ def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(tm
             assert [p["label"] for p in served["predictions"]] == [classes[int(i)] for i in expected]
         else:
             assert served["predictions"] == list(expected)
+
+    # A new day brought the outcomes of the tabular models' predictions: each got its monitoring report.
+    tabular = [name for name in DEMO_MODELS if "instances" in summary["predictions"][name]]
+    assert sorted(summary["monitoring"]) == sorted(tabular)
+    for name in tabular:
+        monitoring = summary["monitoring"][name]
+        assert monitoring["with_outcome"] == 44 and monitoring["performance"] is not None
+        assert Path(monitoring["page"]).is_file()
 
     deadline = time.monotonic() + 20
     while processes_mentioning(ray_temp) and time.monotonic() < deadline:

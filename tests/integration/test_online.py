@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pytest
 from surf.generate import BUOYS, write_surf
 from surf.groups import BEACHES, BUOY_READINGS, FEATURE_GROUPS, SURF_HEIGHT
+from typer.testing import CliRunner
 
 from features.datasets import RandomSplit, create_training_dataset, join_features
 from features.materialize import materialize
@@ -20,6 +22,7 @@ from features.pipeline import run_feature_pipeline
 from features.store import OfflineStore
 from features.vectors import online_vectors
 from orchard.storage import Storage
+from pipelines.cli import app
 
 pytestmark = [pytest.mark.ray]
 
@@ -343,3 +346,38 @@ def test_batch_inference_of_raw_rows_with_a_classifier_gives_labels_and_per_clas
         assert by_fruit[f"f-{i}"]["prediction"] == prediction["label"]
         assert by_fruit[f"f-{i}"]["probabilities"] == prediction["probabilities"]
     assert by_fruit["f-3"]["prediction"] is None and "no value for red (input)" == by_fruit["f-3"]["missing"]
+
+
+def test_entity_predictions_are_logged_with_their_keys_and_an_outcome_by_key_is_joined_by_the_monitor(fresh_surf):
+    from serve.prediction_log import read_predictions
+
+    urls, fresh, _, _, root = fresh_surf
+    url, beach = urls["sqlite"], fresh[-1]
+    answer = httpx.post(f"{url}/v1/models/surf_regressor:predict", json={"entities": [{"beach_id": beach}]},
+                        timeout=30)
+    assert answer.status_code == 200, answer.text
+    predicted = answer.json()["predictions"][0]
+    logged = []
+    for _ in range(100):  # the log is written about once a second
+        logged = [r for r in read_predictions(Storage(root).path("predictions"), "surf_regressor")
+                  if r["request_id"] == answer.headers["x-request-id"]]
+        if logged:
+            break
+        time.sleep(0.2)
+    assert logged and logged[0]["entities"] == [{"beach_id": beach}]
+
+    bad = httpx.post(f"{url}/v1/models/surf_regressor/outcomes", json={"outcomes": [{"entity": {"beach_id": beach},
+                                                                                     "outcome": "big"}]}, timeout=30)
+    assert bad.status_code == 422 and "outcome must be a finite number" in bad.text
+    stored = httpx.post(f"{url}/v1/models/surf_regressor/outcomes",
+                        json={"outcomes": [{"entity": {"beach_id": beach}, "outcome": predicted + 0.5}]}, timeout=30)
+    assert stored.status_code == 200 and stored.json()["stored"] == 1, stored.text
+
+    result = CliRunner().invoke(app, ["--storage", root, "monitor", "surf_regressor", "--json"])
+    assert result.exit_code == 0, result.output
+    overall = json.loads(result.stdout)["versions"]["1"]["overall"]
+    assert overall["with_outcome"] == 1  # the one outcome resolves the latest prediction for its beach
+    assert overall["performance"]["metrics"]["mae"] == pytest.approx(0.5)
+    gauges = httpx.get(f"{url}/metrics/monitoring", timeout=30)
+    assert gauges.status_code == 200 and gauges.headers["content-type"].startswith("text/plain")
+    assert 'orchard_monitor_metric{model="surf_regressor",version="1",metric="mae"} 0.5' in gauges.text

@@ -134,6 +134,7 @@ SURF_JOB = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # ~50 s: keeps `make test` under its 15 minutes
 def test_batch_inference_runs_as_a_submitted_job_and_a_rerun_adds_nothing(head_cluster, tmp_path_factory):
     from deltalake import DeltaTable
 

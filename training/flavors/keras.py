@@ -392,8 +392,9 @@ def train_loop_per_worker(config: dict) -> None:
         _set_learning_rate(model, config, epoch)
         fitted = model.fit(train, validation_data=validation, epochs=epoch, initial_epoch=epoch - 1, verbose=0)
         metrics = {name: float(values[-1]) for name, values in fitted.history.items()}
-        metrics.update(epoch=epoch, resumed_from=completed, learning_rate=float(model.optimizer.learning_rate.numpy())
-                       if hasattr(model.optimizer.learning_rate, "numpy") else None, world_size=environment["world_size"],
+        rate = model.optimizer.learning_rate
+        metrics.update(epoch=epoch, resumed_from=completed, world_size=environment["world_size"],
+                       learning_rate=float(rate.numpy()) if hasattr(rate, "numpy") else None,
                        fit_seconds=round(time.perf_counter() - epoch_started, 3))
         with tempfile.TemporaryDirectory(prefix="orchard-dnn-") as folder:
             # Every worker saves (MultiWorkerMirroredStrategy expects all of them to), only rank 0's copy is
