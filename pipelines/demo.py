@@ -85,10 +85,30 @@ def held_out_rows(storage: Storage, model: str, count: int) -> list[dict]:
     rows = TrainingDataset.open(storage, view, card["lineage"]["dataset_version"]).read("test").take(HELD_OUT_ROWS)
     complete = [row for row in rows if all(row.get(name) is not None for name in [*inputs, target])]
     # Drawn across the split (stored in key order: its first rows would be a few entities only), the same every run.
-    # A fixed order: asking for more rows gives the same first ones and then others.
-    order = list(range(len(complete)))
+    return [{**{name: complete[i][name] for name in inputs}, "_truth": complete[i][target]}
+            for i in _sample_order([row[target] for row in complete], card["signature"]["task"])[:count]]
+
+
+def _sample_order(targets: list, task: str) -> list[int]:
+    """A fixed random order of the rows (asking for more gives the same first ones, then others). A classifier's
+    rows are interleaved so that every prefix keeps the split's class shares: a few dozen rows drawn plainly
+    can miss a class mix by enough to look like drift."""
+    order = list(range(len(targets)))
     random.Random(0).shuffle(order)
-    return [{**{name: complete[i][name] for name in inputs}, "_truth": complete[i][target]} for i in order[:count]]
+    if task != "classification" or not order:
+        return order
+    queues: dict = {}
+    for i in order:
+        queues.setdefault(targets[i], []).append(i)
+    shares = {label: len(queue) / len(order) for label, queue in queues.items()}
+    taken = dict.fromkeys(queues, 0)
+    interleaved = []
+    while len(interleaved) < len(order):
+        label = min((lab for lab in queues if taken[lab] < len(queues[lab])),
+                    key=lambda lab: ((taken[lab] + 1) / shares[lab], str(lab)))
+        interleaved.append(queues[label][taken[label]])
+        taken[label] += 1
+    return interleaved
 
 
 def held_out_photos(storage: Storage, model: str, count: int) -> list[dict]:
