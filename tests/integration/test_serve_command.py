@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import free_port, processes_mentioning
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~35 s: keeps `make test` well under its 15 minutes
 
 FRUIT = {"red": 0.82, "green": 0.26, "blue": 0.22, "weight_g": 190.0, "diameter_mm": 77.0, "smoothness": 0.9}
 
