@@ -46,7 +46,7 @@ def main() -> None:
         create_training_dataset(storage, get_view("fruit_classification"), RandomSplit(seed=0))
         train_model(storage, "fruit_classifier", alias="production")
         predictor = Predictor.load(ModelRegistry(storage), "fruit_classifier")
-        log = PredictionLog(storage.path("predictions"))
+        log = PredictionLog(storage)
         outcomes = []
         start = datetime(2026, 11, 23, 8, tzinfo=timezone.utc)
         inputs = ["red", "green", "blue", "weight_g", "diameter_mm", "smoothness"]

@@ -17,6 +17,7 @@ from features.definitions import (
                                   Feature,
                                   FeatureGroup,
                                   FileSource,
+                                  KafkaSource,
                                   SqlSource,
 )
 from features.images import ImageSource, ImageSpec
@@ -29,7 +30,7 @@ from features.views import FeatureView, Label, Selection
 __all__ = [
     "EVENT_TIME_TYPE", "REASON_COLUMN", "FIRST_DAY", "Aggregation", "DataGenerator", "DefinitionError", "Feature",
     "FeatureGroup", "FeatureView", "FileSource", "GeneratedSlice", "ImageSource", "ImageSpec", "Label", "LabelEncoder", "MinMaxScaler",
-    "OneHotEncoder", "Selection", "SqlSource", "StandardScaler", "Transform", "begin_day", "damage_lines",
+    "KafkaSource", "OneHotEncoder", "Selection", "SqlSource", "StandardScaler", "Transform", "begin_day", "damage_lines",
     "next_slice", "register_transform",
     # development data generators that fill a project's SQL tables
     "count_rows", "insert_rows", "resolve_database", "update_rows", "writing_table",

@@ -134,8 +134,12 @@ def dataset_location(view: FeatureView, version: int | None = None) -> str:
     return base if version is None else f"{base}/{version}"
 
 
+DATASET_MARKER = "metadata.json"
+"""Written last: a dataset version is there once its metadata is."""
+
+
 def dataset_versions(storage: Storage, view: FeatureView) -> list[int]:
-    return sorted(int(n) for n in storage.list_dir(dataset_location(view)) if n.isdigit())
+    return sorted(int(n) for n in storage.published(dataset_location(view), DATASET_MARKER) if n.isdigit())
 
 
 def _keep_where(batch: pa.Table, where: dict[str, list]) -> pa.Table:
@@ -231,11 +235,12 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
         "sensitive_features": {f: view.sensitive_allowed[f] for f in view.sensitive_features()},
         "transforms": "transforms.json",
     }
-    for attempt in range(100):
-        version = max(dataset_versions(storage, view), default=0) + 1
+    version = 0
+    for attempt in range(100):  # a number claimed by a writer that died before publishing stays a gap
+        version = max(max(dataset_versions(storage, view), default=0), version) + 1
         metadata["version"] = version
-        storage.write_json(f"{staging}/metadata.json", metadata)
-        if storage.publish_dir(staging, dataset_location(view, version)):
+        storage.write_json(f"{staging}/{DATASET_MARKER}", metadata)
+        if storage.publish_dir(staging, dataset_location(view, version), DATASET_MARKER):
             return metadata
     raise DatasetError(f"{view.ref}: could not claim a dataset version after 100 attempts")
 

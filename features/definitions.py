@@ -111,6 +111,45 @@ class SqlSource:
         return f"sql:{self.database}.{self.table}"
 
 
+KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True)
+class KafkaSource:
+    """Messages of one Kafka topic, each a JSON object whose keys are the group's features (or `columns`' names).
+
+    `broker` names a connection, not an address: its bootstrap servers come from the environment variable
+    ORCHARD_KAFKA_<BROKER> (host:port[,host:port...]), so one definition runs against a laptop's broker and a
+    cluster's. Every run reads each partition from the offset the table's checkpoint holds (the partition's start
+    the first time) up to the end the broker reports when the run starts; the offsets reached are committed in the
+    same Delta commit as the rows (`features.kafka`). A message that is not a UTF-8 JSON object, or whose values
+    fail the group's checks, goes to quarantine with its reason, its partition and offset.
+    """
+
+    name: str
+    broker: str
+    topic: str
+    columns: Mapping[str, str] = field(default_factory=dict)
+    scale: Mapping[str, float] = field(default_factory=dict)
+    format: Literal["kafka"] = "kafka"
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.broker):
+            raise DefinitionError(f"Kafka source {self.name!r}: broker name {self.broker!r} must be lower_snake_case "
+                                  "(its address comes from ORCHARD_KAFKA_<BROKER>)")
+        if not KAFKA_TOPIC.match(self.topic) or self.topic in (".", ".."):
+            raise DefinitionError(f"Kafka source {self.name!r}: {self.topic!r} is not a valid topic name (letters, "
+                                  "digits, '.', '_', '-'; at most 249)")
+
+    def source_column(self, feature: str) -> str:
+        return self.columns.get(feature, feature)
+
+    @property
+    def label(self) -> str:
+        """How quarantine rows and reports name this source: broker name and topic, never an address."""
+        return f"kafka:{self.broker}/{self.topic}"
+
+
 @dataclass(frozen=True)
 class Aggregation:
     """A feature group computed from the new rows of another group, per key, incrementally.
@@ -161,7 +200,7 @@ class FeatureGroup:
     event_time: str
     features: tuple[Feature, ...]
     """Every column of the table, key and event time included."""
-    sources: tuple["FileSource | SqlSource | ImageSource", ...] = ()
+    sources: tuple["FileSource | SqlSource | KafkaSource | ImageSource", ...] = ()
     compute: Callable[[pa.Table], pa.Table] | None = None
     """Fills the `computed` features from the others (runs after conversion, before expectations)."""
     aggregation: Aggregation | None = None

@@ -13,6 +13,7 @@ import io
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features.definitions import EVENT_TIME_TYPE, FeatureGroup, FileSource, SqlSource
+from features.definitions import EVENT_TIME_TYPE, FeatureGroup, FileSource, KafkaSource, SqlSource
 from features.images import ImageError, ImageSource, decode_image
 from features.validation import check_expectations
 
@@ -159,29 +160,32 @@ def _rows_as_text(table: pa.Table) -> pa.Array:
 
 def _read_jsonl(data: bytes, wanted: list[str]):
     text = _decode(data)
-    values = {name: [] for name in wanted}
-    lines, reasons, raws = [], [], []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        reason = None
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                reason, record = "line is not a JSON object", {}
-        except json.JSONDecodeError as error:
-            reason, record = f"not valid JSON: {error.msg} at column {error.colno}", {}
+    numbered = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    if not numbered and text.strip():
+        raise FileUnreadable("no JSON records")
+    table = json_records([line for _, line in numbered], wanted, [None] * len(numbered), "line")
+    return table, [number for number, _ in numbered], []
+
+
+def json_records(texts: list[str], wanted: list[str], reasons: list[str | None], what: str) -> pa.Table:
+    """Each text as one JSON object's `wanted` values as strings, with _reason (kept where given, else why the text
+    is not a JSON object) and _raw (the text). `what` names a record in reasons: "line", "message"."""
+    values: dict[str, list] = {name: [] for name in wanted}
+    reasons = list(reasons)
+    for index, text in enumerate(texts):
+        record: Any = {}
+        if reasons[index] is None:
+            try:
+                record = json.loads(text)
+                if not isinstance(record, dict):
+                    reasons[index], record = f"{what} is not a JSON object", {}
+            except json.JSONDecodeError as error:
+                reasons[index] = f"not valid JSON: {error.msg} at column {error.colno}"
         for name in wanted:
             value = record.get(name)
             values[name].append(None if value is None else value if isinstance(value, str) else json.dumps(value))
-        lines.append(number)
-        reasons.append(reason)
-        raws.append(line)
-    if not lines and text.strip():
-        raise FileUnreadable("no JSON records")
-    table = pa.table({**{n: pa.array(v, pa.string()) for n, v in values.items()},
-                      REASON_COLUMN: pa.array(reasons, pa.string()), RAW_COLUMN: pa.array(raws, pa.string())})
-    return table, lines, []
+    return pa.table({**{n: pa.array(v, pa.string()) for n, v in values.items()},
+                     REASON_COLUMN: pa.array(reasons, pa.string()), RAW_COLUMN: pa.array(texts, pa.string())})
 
 
 def _read_parquet(data: bytes, wanted: list[str]):
@@ -240,7 +244,8 @@ def _quoted(prefix: str, values: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pc.fill_null(values, ""), "'", "")
 
 
-def convert(raw: pa.Table, source: FileSource | SqlSource, group: FeatureGroup) -> tuple[pa.Table, pa.Array]:
+def convert(raw: pa.Table, source: FileSource | SqlSource | KafkaSource,
+            group: FeatureGroup) -> tuple[pa.Table, pa.Array]:
     """Raw strings -> (the group's columns in its types and units, each row's rejection reason or null)."""
     reason = raw.column(REASON_COLUMN).combine_chunks()
     converted = []

@@ -2,14 +2,17 @@
 
 A run
 1. lists the group's source files and keeps those the table's checkpoint does
-   not hold, and for each SQL source the rows past its watermark (up to the
-   largest watermark at the start of the run);
+   not hold, for each SQL source the rows past its watermark (up to the
+   largest watermark at the start of the run), and for each Kafka topic the
+   messages past the offsets it holds (up to each partition's end at the start
+   of the run: `features.kafka`);
 2. parses them on Ray Data, one task per file or SQL read, keeping every record
    as a row that is either valid or carries the reason it was rejected;
 3. drops rows whose primary key + event time the table (or an earlier row of
    this run) already holds;
 4. commits rejected rows to the quarantine table, then valid rows and the new
-   checkpoint to the feature table in one Delta commit.
+   checkpoint (files, watermarks, Kafka offsets) to the feature table in one
+   Delta commit.
 A run that dies before step 4's last commit leaves the table as it was; the next
 run removes the dead run's quarantine rows, reads the same input again, and so
 adds nothing twice and loses nothing.
@@ -27,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features import kafka
 from features.definitions import FeatureGroup, FileSource, SqlSource
 from features.delta_sink import DeltaCommitSink
 from features.images import ImageSource
@@ -299,6 +303,7 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
     checkpoint = store.checkpoint(group)
     files = pending_files(storage, group, checkpoint.files)
     sql_reads = pending_sql_reads(storage, group, checkpoint, databases or {}, first_ordinal=len(files))
+    kafka_reads = kafka.pending_reads(group, checkpoint.watermarks, first_ordinal=len(files) + len(sql_reads))
 
     def report(**counts) -> RunReport:
         defaults = dict(files_read=0, files_quarantined=0, rows_read=0, rows_written=0, rows_quarantined=0,
@@ -308,11 +313,12 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
         assert result.rows_read == result.rows_written + result.rows_quarantined + result.rows_duplicate, result
         return result
 
-    if not files and not sql_reads:
+    if not files and not sql_reads and not kafka_reads:
         log.info("%s: no new source data", group.ref)
         return record_run(storage, store, group, report())
 
-    inputs = [*_read_files(files, storage, group), *(_read_sql(read, group) for read in sql_reads)]
+    inputs = [*_read_files(files, storage, group), *(_read_sql(read, group) for read in sql_reads),
+              *(kafka.read(read, group) for read in kafka_reads)]
     parsed = (inputs[0].union(*inputs[1:]) if len(inputs) > 1 else inputs[0]).materialize()
     valid = parsed.map_batches(lambda t: t.filter(pc.is_null(t[REASON_COLUMN])), batch_format="pyarrow").materialize()
     rejected = parsed.map_batches(lambda t: t.filter(pc.is_valid(t[REASON_COLUMN])), batch_format="pyarrow")
@@ -333,6 +339,8 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
         checkpoint.files[f.identity] = f.path
     for read in sql_reads:
         checkpoint.watermarks[read.checkpoint_key] = encode_watermark(read.upper)
+    for read in kafka_reads:
+        checkpoint.watermarks.update(kafka.committed_offsets(read))
     metadata = {**store.stage_checkpoint(group, checkpoint, run_id),
                 QUARANTINE_VERSION_KEY: str(store.quarantine_version(group))}
     unique.map_batches(with_partition_columns, fn_kwargs={"group": group}, batch_format="pyarrow").write_datasink(
@@ -340,7 +348,8 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
                         crash_name="before_feature_commit", partition_by=group.partition_columns)
     )
     return record_run(storage, store, group, report(
-        files_read=len(files), sql_sources_read=len(sql_reads), files_quarantined=files_unreadable,
+        files_read=len(files), sql_sources_read=len(sql_reads), kafka_messages_read=sum(r.messages for r in kafka_reads),
+        files_quarantined=files_unreadable,
         rows_read=rows_valid + rows_rejected - files_unreadable, rows_written=rows_written,
         rows_quarantined=rows_rejected - files_unreadable, rows_duplicate=rows_valid - rows_written,
     ))

@@ -24,6 +24,7 @@ class RunReport:
     table_version: int | None
     seconds: float
     sql_sources_read: int = 0
+    kafka_messages_read: int = 0
     kind: str = "ingest"
     """"ingest" (sources -> rows; rows_read = written + quarantined + duplicate) or "aggregation"
     (rows_read upstream rows folded into rows_written per-key totals)."""

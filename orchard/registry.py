@@ -5,32 +5,35 @@ Layout::
     models/<name>/<version>/model.json      card: flavor, signature, metrics, lineage, created time
     models/<name>/<version>/manifest.json   SHA-256 of every other file, checked on every read
     models/<name>/<version>/<artifact files>
-    models/<name>/aliases.json              where each alias points now: {"production": 3, ...}
-    models/<name>/alias_history.jsonl       one line per alias change: time, alias, from, to
+    models/<name>/aliases.json              the model's state: where each alias points now, every alias change
+                                            (time, alias, from, to, reason) and the rollout in progress
+    models/<name>/retraining.jsonl          one line per step of continuous training
 
 A version is written completely in a staging folder and then published under
-its number with one atomic rename, so readers never see half a version and two
-concurrent registrations never get the same number.
+its number (`Storage.publish_dir`: one rename locally; on S3 a conditional PUT
+claims the number, then the files are copied with the manifest last), so
+readers never see half a version and two concurrent registrations never get the
+same number. A version is there once its manifest is.
 
-Alias changes hold an exclusive file lock (models/<name>/.aliases.lock) while they
-read and rewrite aliases.json and append to the history, so two concurrent
-promotions lose neither an alias nor a history entry. The lock, like the rename
-that publishes a version, needs local storage.
+Every alias change is one compare-and-swap of aliases.json (`Storage.update_json`:
+under a file lock locally, `If-Match` on S3): the aliases, the change's history
+entry and the rollout state are written together or not at all, and two
+concurrent promotions lose neither an alias nor a history entry. Stores written
+before the state moved into one document (a plain {alias: version} aliases.json
+beside alias_history.jsonl and rollout.json) are read as they are and converted
+by their next change.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
-import os
 import re
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from orchard.errors import StateError, UsageError
 from orchard.storage import Storage
@@ -41,7 +44,8 @@ HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "r2": True, "mae": False
 
 MODEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-RESERVED_FILES = {"model.json", "manifest.json"}
+MANIFEST = "manifest.json"
+RESERVED_FILES = {"model.json", MANIFEST}
 CLAIM_ATTEMPTS = 100
 
 
@@ -146,14 +150,15 @@ class ModelRegistry:
             for file_name, data in files.items():
                 self.storage.write_bytes(f"{staging}/{file_name}", data)
                 checksums[file_name] = _sha256(data)
-            for _ in range(CLAIM_ATTEMPTS):
-                version = max(self.versions(name), default=0) + 1
+            version = 0
+            for _ in range(CLAIM_ATTEMPTS):  # a number claimed by a writer that died before publishing stays a gap
+                version = max(max(self.versions(name), default=0), version) + 1
                 full_card = {**card, "name": name, "version": version, "created_at": _now()}
                 card_bytes = _json_bytes(full_card)
                 manifest = {**checksums, "model.json": _sha256(card_bytes)}
                 self.storage.write_bytes(f"{staging}/model.json", card_bytes)
-                self.storage.write_bytes(f"{staging}/manifest.json", _json_bytes(manifest))
-                if self.storage.publish_dir(staging, self._folder(name, version)):
+                self.storage.write_bytes(f"{staging}/{MANIFEST}", _json_bytes(manifest))
+                if self.storage.publish_dir(staging, self._folder(name, version), MANIFEST):
                     return ModelVersion(name, version, full_card)
         finally:
             self.storage.delete_dir(staging)  # gone already when the version was published
@@ -170,13 +175,15 @@ class ModelRegistry:
         check_name(alias, "alias", ALIAS_NAME)
         version = self.resolve(name, version_or_reference)
         self.verify(name, version)  # never point an alias, least of all production, at damaged files
-        with self._aliases_locked(name):
-            aliases = self.aliases(name)
-            previous = aliases.get(alias)
-            if previous != version:
-                self._record_alias_change(name, alias, previous, version, reason)
-                self.storage.write_json(f"{self._folder(name)}/aliases.json", {**aliases, alias: version})
-        return previous
+        previous: list[int | None] = []
+
+        def change(state: dict) -> None:
+            previous[:] = [state["aliases"].get(alias)]
+            if previous[0] != version:
+                _point(state, alias, version, reason)
+
+        self._change_state(name, change)
+        return previous[0]
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """The older name of `promote`, kept for existing callers."""
@@ -186,86 +193,92 @@ class ModelRegistry:
         """Remove `alias` from `name` and return the version it pointed at."""
         if not self.versions(name):
             raise RegistryError(f"no model named {name!r} is registered")
-        with self._aliases_locked(name):
-            aliases = self.aliases(name)
-            if alias not in aliases:
-                raise RegistryError(f"model {name!r} has no alias {alias!r}; it has {sorted(aliases)}")
-            previous = aliases.pop(alias)
-            self._record_alias_change(name, alias, previous, None, reason)
-            self.storage.write_json(f"{self._folder(name)}/aliases.json", aliases)
-        return previous
+        previous: list[int] = []
 
-    @contextmanager
-    def _aliases_locked(self, name: str) -> Iterator[None]:
-        """Hold the model's alias lock, so reading, changing and writing the aliases is one step."""
-        if not self.storage.is_local:
-            raise RegistryError(f"changing aliases needs local storage for its file lock, not {self.storage.root_uri}")
-        with open(self.storage.path(f"{self._folder(name)}/.aliases.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield  # closing the file releases the lock, also when the process dies
+        def change(state: dict) -> None:
+            if alias not in state["aliases"]:
+                raise RegistryError(f"model {name!r} has no alias {alias!r}; it has {sorted(state['aliases'])}")
+            previous[:] = [state["aliases"][alias]]
+            _point(state, alias, None, reason)
 
-    def _record_alias_change(self, name: str, alias: str, previous: int | None, version: int | None,
-                             reason: str | None = None) -> None:
-        # Written before aliases.json, so a crash in between leaves an entry for a change
-        # that did not happen rather than a change with no entry.
-        entry = {"time": _now(), "alias": alias, "from": previous, "to": version}
-        if reason:
-            entry["reason"] = reason
-        self._append_line(f"{self._folder(name)}/alias_history.jsonl", entry)
+        self._change_state(name, change)
+        return previous[0]
+
+    # -- the model's state document -------------------------------------------------
+    def _state_location(self, name: str) -> str:
+        return f"{self._folder(name)}/aliases.json"
+
+    def _state(self, name: str) -> dict:
+        location = self._state_location(name)
+        return self._parse_state(name, self.storage.read_json(location) if self.storage.exists(location) else None)
+
+    def _parse_state(self, name: str, document: Any) -> dict:
+        """{"aliases": {alias: version}, "history": [change, ...], "rollout": state or None}, from the stored
+        document, or from the files of a store written before the state was one document."""
+        if isinstance(document, dict) and isinstance(document.get("aliases"), dict):
+            return {"aliases": dict(document["aliases"]), "history": list(document.get("history", [])),
+                    "rollout": document.get("rollout")}
+        if document is not None and not isinstance(document, dict):
+            raise IntegrityError(f"{self._state_location(name)} must hold a JSON object")
+        legacy_rollout = f"{self._folder(name)}/rollout.json"
+        return {"aliases": dict(document or {}),
+                "history": self._read_lines(f"{self._folder(name)}/alias_history.jsonl"),
+                "rollout": self.storage.read_json(legacy_rollout) if self.storage.exists(legacy_rollout) else None}
+
+    def _change_state(self, name: str, change: Callable[[dict], None]) -> dict:
+        """Apply `change` (which edits the state in place, or raises to refuse) as one compare-and-swap."""
+        def apply(document: Any) -> dict:
+            state = self._parse_state(name, document)
+            change(state)
+            return state
+
+        return self.storage.update_json(self._state_location(name), apply)
 
     def _append_line(self, location: str, entry: dict) -> None:
-        with open(self.storage.path(location), "a") as history:
-            history.write(json.dumps(entry, sort_keys=True) + "\n")
-            history.flush()
-            os.fsync(history.fileno())
+        self.storage.append_line(location, json.dumps(entry, sort_keys=True))
 
     # -- continuous training: the rollout in progress and the retraining history -----
     def rollout(self, name: str) -> dict | None:
         """The challenger rollout in progress for `name` (shadow or canary), or None."""
-        location = f"{self._folder(name)}/rollout.json"
-        return self.storage.read_json(location) if self.storage.exists(location) else None
+        return self._state(name)["rollout"]
 
     def start_rollout(self, name: str, state: dict, *, reason: str) -> None:
         """Point the `challenger` alias at `state["challenger"]` and record the rollout the service follows; refused
         while another rollout is in progress."""
-        with self._aliases_locked(name):
-            current = self.rollout(name)
-            if current is not None:
-                raise RegistryError(f"model {name!r} already has a rollout of version {current['challenger']} in "
-                                    "progress; it must end first")
-            aliases = self.aliases(name)
-            if aliases.get("challenger") != state["challenger"]:
-                self._record_alias_change(name, "challenger", aliases.get("challenger"), state["challenger"], reason)
-                self.storage.write_json(f"{self._folder(name)}/aliases.json",
-                                        {**aliases, "challenger": state["challenger"]})
-            self.storage.write_json(f"{self._folder(name)}/rollout.json", state)
+        def change(current: dict) -> None:
+            if current["rollout"] is not None:
+                raise RegistryError(f"model {name!r} already has a rollout of version "
+                                    f"{current['rollout']['challenger']} in progress; it must end first")
+            if current["aliases"].get("challenger") != state["challenger"]:
+                _point(current, "challenger", state["challenger"], reason)
+            current["rollout"] = state
+
+        self._change_state(name, change)
 
     def end_rollout(self, name: str, challenger: int, *, promote: bool, reason: str) -> None:
         """Finish the rollout of `challenger`: promote it to production, or drop it; the `challenger` alias goes.
         Refused if the rollout in progress is not that version's (another step ended it and began another)."""
-        with self._aliases_locked(name):
-            state = self.rollout(name)
+        if promote:
+            self.verify(name, challenger)
+
+        def change(current: dict) -> None:
+            state = current["rollout"]
             if state is None or state["challenger"] != challenger:
                 raise RegistryError(f"model {name!r} has no rollout of version {challenger} in progress"
                                     + (f" (it has one of version {state['challenger']})" if state else ""))
-            aliases = self.aliases(name)
-            if promote:
-                self.verify(name, state["challenger"])
-                if aliases.get("production") != state["challenger"]:
-                    self._record_alias_change(name, "production", aliases.get("production"), state["challenger"],
-                                              reason)
-                aliases["production"] = state["challenger"]
-            if "challenger" in aliases:
-                self._record_alias_change(name, "challenger", aliases.pop("challenger"), None, reason)
-            self.storage.write_json(f"{self._folder(name)}/aliases.json", aliases)
-            self.storage.delete_file(f"{self._folder(name)}/rollout.json")
+            if promote and current["aliases"].get("production") != challenger:
+                _point(current, "production", challenger, reason)
+            if "challenger" in current["aliases"]:
+                _point(current, "challenger", None, reason)
+            current["rollout"] = None
+
+        self._change_state(name, change)
 
     def record_event(self, name: str, event: dict) -> dict:
         """Append one step of continuous training (triggered, trained, gated, rolled out, promoted, rolled back)
         to the model's retraining history, with its time."""
         entry = {"time": _now(), **event}
-        with self._aliases_locked(name):
-            self._append_line(f"{self._folder(name)}/retraining.jsonl", entry)
+        self._append_line(f"{self._folder(name)}/retraining.jsonl", entry)
         return entry
 
     def events(self, name: str) -> list[dict]:
@@ -278,15 +291,14 @@ class ModelRegistry:
         return [n for n in self.storage.list_dir("models") if MODEL_NAME.match(n) and self.versions(n)]
 
     def versions(self, name: str) -> list[int]:
-        return sorted(int(n) for n in self.storage.list_dir(self._folder(name)) if n.isdigit())
+        return sorted(int(n) for n in self.storage.published(self._folder(name), MANIFEST) if n.isdigit())
 
     def aliases(self, name: str) -> dict[str, int]:
-        location = f"{self._folder(name)}/aliases.json"
-        return dict(self.storage.read_json(location)) if self.storage.exists(location) else {}
+        return self._state(name)["aliases"]
 
     def alias_history(self, name: str) -> list[dict]:
         """Every alias change, oldest first: {"time", "alias", "from", "to"}; "to" is None for a deletion."""
-        return self._read_lines(f"{self._folder(name)}/alias_history.jsonl")
+        return self._state(name)["history"]
 
     def _read_lines(self, location: str) -> list[dict]:
         if not self.storage.exists(location):
@@ -411,6 +423,18 @@ class ModelRegistry:
             if not self.storage.exists(folder):
                 raise RegistryError(f"model {name!r} has no version {version}") from None
             raise IntegrityError(f"model {name}:{version} is incomplete: {folder}/{file_name} is missing") from None
+
+
+def _point(state: dict, alias: str, version: int | None, reason: str | None) -> None:
+    """Point `alias` at `version` (None: remove it) in a state document, with its history entry."""
+    entry = {"time": _now(), "alias": alias, "from": state["aliases"].get(alias), "to": version}
+    if reason:
+        entry["reason"] = reason
+    state["history"].append(entry)
+    if version is None:
+        state["aliases"].pop(alias, None)
+    else:
+        state["aliases"][alias] = version
 
 
 def _test_metrics(card: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,13 +7,17 @@ through the same calls.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
+import hashlib
 import json
 import os
 import posixpath
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from functools import cached_property
+from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -39,6 +43,7 @@ class Storage:
         self.root_uri = root_uri.rstrip("/") or "/"
         self.fs, self.root = pafs.FileSystem.from_uri(self.root_uri)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.is_s3 = self.root_uri.startswith("s3://")
 
     def __repr__(self) -> str:
         return f"Storage({self.root_uri!r})"
@@ -107,20 +112,17 @@ class Storage:
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write a file so that readers see either the old or the whole new content."""
         target = self.path(relative)
-        self.fs.create_dir(posixpath.dirname(target), recursive=True)
         if self.is_local:
-            temporary = posixpath.join(posixpath.dirname(target), f".tmp-{uuid.uuid4().hex}")
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        else:  # a single PUT to an object store is atomic
+            self.fs.create_dir(posixpath.dirname(target), recursive=True)
+            os.replace(self._local_temporary(target, data), target)
+        elif self.is_s3:  # one PUT, atomic; pyarrow's stream would first create "folder" marker objects
+            self._s3_put(relative, data)
+        else:
             with self.fs.open_output_stream(target) as stream:
                 stream.write(data)
 
     def write_json(self, relative: str, value: Any) -> None:
-        self.write_bytes(relative, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+        self.write_bytes(relative, _json_bytes(value))
 
     def make_dir(self, relative: str) -> None:
         self.fs.create_dir(self.path(relative), recursive=True)
@@ -133,22 +135,174 @@ class Storage:
         if self.exists(relative):
             self.fs.delete_file(self.path(relative))
 
-    def publish_dir(self, staging: str, final: str) -> bool:
-        """Atomically move a fully written folder to its final name.
+    def publish_dir(self, staging: str, final: str, marker: str) -> bool:
+        """Make the fully written folder `staging` visible as `final` at once; False if `final` was taken.
 
-        Returns False, leaving `staging` in place, when `final` already exists, so
-        two writers racing for one name never both win and a half-written folder
-        is never visible under its final name.
+        `marker` is the name of the folder's file that readers check for (see `published`): on an object store it
+        is copied last. On False, `staging` stays in place, so two writers racing for one name never both win and
+        a half-written folder is never visible under its final name.
         """
-        if not self.is_local:
-            raise StorageError(
-                f"atomic folder publishing is only implemented for local storage, not {self.root_uri}"
-            )
-        self.fs.create_dir(posixpath.dirname(self.path(final)), recursive=True)
-        try:
-            os.rename(self.path(staging), self.path(final))
-        except OSError as error:
-            if os.path.exists(self.path(final)):
-                return False
-            raise StorageError(f"cannot publish {staging} as {final}: {error}") from error
+        if self.is_local:
+            self.fs.create_dir(posixpath.dirname(self.path(final)), recursive=True)
+            try:
+                os.rename(self.path(staging), self.path(final))
+            except OSError as error:
+                if os.path.exists(self.path(final)):
+                    return False
+                raise StorageError(f"cannot publish {staging} as {final}: {error}") from error
+            return True
+        parent, name = posixpath.split(final.strip("/"))
+        if not self.create_exclusive(f"{parent}/.claims/{name}", staging.encode()):
+            return False
+        files = [entry.path for entry in self._all_files(staging)]
+        if f"{staging.strip('/')}/{marker}" not in files:
+            raise StorageError(f"cannot publish {staging}: it has no {marker}")
+        for path in sorted(files, key=lambda p: posixpath.basename(p) == marker):  # the marker last
+            self.fs.copy_file(self.path(path), self.path(f"{final}/{posixpath.relpath(path, staging.strip('/'))}"))
+        self.delete_dir(staging)
         return True
+
+    def _all_files(self, relative: str) -> Iterator[FileEntry]:
+        selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
+        for entry in self.fs.get_file_info(selector):
+            if entry.type == pafs.FileType.File:
+                yield FileEntry(self.relative(entry.path), entry.size, entry.mtime_ns or 0)
+
+    # -- conditional writes: claims and compare-and-swap -------------------------------
+    def create_exclusive(self, relative: str, data: bytes) -> bool:
+        """Write `data` under `relative` only if nothing has that name; False if something had."""
+        target = self.path(relative)
+        if self.is_local:
+            self.fs.create_dir(posixpath.dirname(target), recursive=True)
+            temporary = self._local_temporary(target, data)
+            try:
+                os.link(temporary, target)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(temporary)
+            return True
+        return self._s3_put(relative, data, IfNoneMatch="*") is not None
+
+    def read_tagged(self, relative: str) -> tuple[bytes | None, str | None]:
+        """A document's content and its tag for `replace_if`; (None, None) when there is none."""
+        if self.is_local:
+            try:
+                with open(self.path(relative), "rb") as handle:
+                    data = handle.read()
+            except FileNotFoundError:
+                return None, None
+            return data, hashlib.sha256(data).hexdigest()
+        client, bucket, key = self._s3_client(), *self._s3_key(relative)
+        try:
+            answer = client.get_object(Bucket=bucket, Key=key)
+        except client.exceptions.NoSuchKey:
+            return None, None
+        return answer["Body"].read(), answer["ETag"]
+
+    def replace_if(self, relative: str, data: bytes, tag: str | None) -> bool:
+        """Write `data` if the document still has `tag` (None: if there is still no document); False if not."""
+        if self.is_local:
+            with self._local_lock(relative):
+                if self.read_tagged(relative)[1] != tag:
+                    return False
+                self.write_bytes(relative, data)
+                return True
+        if tag is None:
+            return self._s3_put(relative, data, IfNoneMatch="*") is not None
+        return self._s3_put(relative, data, IfMatch=tag) is not None
+
+    def update_json(self, relative: str, change: Callable[[Any], Any], *, attempts: int = 100) -> Any:
+        """Read a JSON document (None when absent), let `change` return its new value, and write that only if nobody
+        wrote the document meanwhile; on a conflict, read and change again. Returns the value written."""
+        for _ in range(attempts):
+            data, tag = self.read_tagged(relative)
+            try:
+                current = None if data is None else json.loads(data)
+            except json.JSONDecodeError as error:
+                raise StorageError(f"{self.uri(relative)} is not valid JSON: {error}") from None
+            value = change(current)
+            if self.replace_if(relative, _json_bytes(value), tag):
+                return value
+        raise StorageError(f"{self.uri(relative)}: gave up after {attempts} conflicting concurrent updates")
+
+    def append_line(self, relative: str, line: str) -> None:
+        """Append one line to a text file that several writers may append to; none of them loses a line."""
+        line = line.rstrip("\n") + "\n"
+        if self.is_local:
+            self.fs.create_dir(posixpath.dirname(self.path(relative)), recursive=True)
+            with self._local_lock(relative), open(self.path(relative), "a") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return
+        for _ in range(100):  # an object store cannot append: rewrite the object if nobody else did meanwhile
+            data, tag = self.read_tagged(relative)
+            if self.replace_if(relative, (data or b"") + line.encode(), tag):
+                return
+        raise StorageError(f"{self.uri(relative)}: gave up appending after 100 conflicting concurrent appends")
+
+    def published(self, relative: str, marker: str) -> list[str]:
+        """Names of the folders directly inside `relative` that `publish_dir` completed: those holding `marker`."""
+        if self.is_local:  # published by one rename: a folder under its final name is complete
+            return [name for name in self.list_dir(relative) if not name.startswith(".")]
+        base = self.path(relative)  # one recursive listing rather than a request per folder
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        return sorted({posixpath.relpath(entry.path, base).split("/")[0] for entry in self.fs.get_file_info(selector)
+                       if entry.type == pafs.FileType.File and not posixpath.relpath(entry.path, base).startswith(".")
+                       and posixpath.relpath(entry.path, base).count("/") == 1
+                       and posixpath.basename(entry.path) == marker})
+
+    def _local_temporary(self, target: str, data: bytes) -> str:
+        temporary = posixpath.join(posixpath.dirname(target), f".tmp-{uuid.uuid4().hex}")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return temporary
+
+    @contextmanager
+    def _local_lock(self, relative: str) -> Iterator[None]:
+        target = self.path(relative)
+        self.fs.create_dir(posixpath.dirname(target), recursive=True)
+        lock_path = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock, also when the process dies
+
+    # -- S3 ---------------------------------------------------------------------------------
+    def _s3_key(self, relative: str) -> tuple[str, str]:
+        bucket, _, key = self.path(relative).partition("/")
+        return bucket, key
+
+    def _s3_client(self):
+        if not self.is_s3:
+            raise StorageError(f"claims and compare-and-swap writes are implemented for local folders and s3:// "
+                               f"roots, not for {self.root_uri}")
+        return self._client
+
+    @cached_property
+    def _client(self):
+        import boto3  # only object-store roots need it
+
+        return boto3.session.Session().client("s3")
+
+    def _s3_put(self, relative: str, data: bytes, **condition: str) -> str | None:
+        """PUT with a condition; the new ETag, or None when the condition did not hold."""
+        client, bucket, key = self._s3_client(), *self._s3_key(relative)
+        try:
+            return client.put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+        except client.exceptions.ClientError as error:
+            # 412: the condition failed; 409: a concurrent conditional write to the same key is in progress
+            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                return None
+            raise StorageError(f"cannot write {self.uri(relative)}: {error}") from None
+
+    def __getstate__(self) -> dict:  # a boto3 client does not travel to Ray workers; they make their own
+        state = dict(self.__dict__)
+        state.pop("_client", None)
+        return state
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True, default=str).encode()

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from orchard.errors import OrchardError
+from orchard.errors import OrchardError, UsageError
 from orchard.output import emit, stdout_reserved_for_json
 from pipelines import monitor as monitor_job
 from pipelines import options
@@ -170,7 +170,8 @@ def features_show(
         "features": [{"name": f.name, "type": str(f.dtype), "description": f.description, "sensitive": f.sensitive}
                      for f in definition.features],
         "sources": [{"name": s.name, "format": s.format,
-                     "from": s.label if s.format == "sql" else f"{s.location}/{s.pattern}"} for s in definition.sources],
+                     "from": s.label if s.format in ("sql", "kafka") else f"{s.location}/{s.pattern}"}
+                    for s in definition.sources],
         "aggregates": definition.aggregation.upstream.ref if definition.aggregation else None,
         "partition_by": list(definition.partition_columns),
         "sensitive_uses": _sensitive_uses(definition),
@@ -542,6 +543,16 @@ def serve_command(
     context: typer.Context,
     port: int = typer.Option(None, "--port", help="HTTP port (default 8000, env ORCHARD_SERVE_PORT)."),
     host: str = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    replicas: int = typer.Option(None, "--replicas", min=1, help="A fixed number of replicas (default 1)."),
+    min_replicas: int = typer.Option(None, "--min-replicas", min=0,
+                                     help="Autoscale from this many replicas (0: none while idle, the first request "
+                                          "after waits for one to start)."),
+    max_replicas: int = typer.Option(None, "--max-replicas", min=1, help="Autoscale up to this many replicas."),
+    idle_s: float = typer.Option(None, "--scale-to-zero-after", min=1,
+                                 help="Seconds without requests before the last replica goes (with --min-replicas 0; "
+                                      "default 120)."),
+    proxy_location: str = typer.Option(None, "--proxy-location",
+                                       help="EveryNode (Serve's default) or HeadOnly: where Serve's HTTP proxy runs."),
 ) -> None:
     """Serve every registered model over HTTP until interrupted (Ctrl-C)."""
 
@@ -554,7 +565,8 @@ def serve_command(
         # After Ray starts: its core worker installs a handler of its own that dumps a stack trace and exits.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            url = deploy(config)
+            url = deploy(config, proxy_location=proxy_location,
+                         **serving_scale(replicas, min_replicas, max_replicas, idle_s))
             print(f"serving models from {config.storage} at {url} (docs at {url}/docs); Ctrl-C stops", flush=True)
             direct = replica_urls(wait_s=30)
             if direct:
@@ -567,6 +579,26 @@ def serve_command(
             pass
         finally:
             stop_serving()
+
+
+def serving_scale(replicas: int | None, min_replicas: int | None, max_replicas: int | None,
+                  idle_s: float | None) -> dict:
+    """build_app's arguments for `orchard serve`'s replica options: a fixed number, or an autoscaling range."""
+    if replicas is not None and (min_replicas is not None or max_replicas is not None):
+        raise UsageError("--replicas fixes the number of replicas; --min-replicas/--max-replicas autoscale: "
+                         "give one or the other")
+    if idle_s is not None and min_replicas != 0:
+        raise UsageError("--scale-to-zero-after applies with --min-replicas 0")
+    if min_replicas is None and max_replicas is None:
+        return {} if replicas is None else {"num_replicas": replicas}
+    low = 1 if min_replicas is None else min_replicas
+    high = max_replicas if max_replicas is not None else max(8, low)
+    if low > high:
+        raise UsageError(f"--min-replicas {low} is above --max-replicas {high}")
+    autoscaling = {"min_replicas": low, "max_replicas": high}
+    if idle_s is not None:
+        autoscaling["downscale_to_zero_delay_s"] = idle_s
+    return {"autoscaling": autoscaling}
 
 
 def main() -> None:

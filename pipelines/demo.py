@@ -318,7 +318,7 @@ def _monitor(client: httpx.Client, storage: Storage, outcomes: dict[str, list[di
     wanted = {name: {r["request_id"] for r in records} for name, records in outcomes.items()}
     deadline = time.monotonic() + 30  # the service writes its prediction log about once a second
     while time.monotonic() < deadline and any(
-            not ids <= {r["request_id"] for r in read_predictions(storage.path("predictions"), name)}
+            not ids <= {r["request_id"] for r in read_predictions(storage, name)}
             for name, ids in wanted.items()):
         time.sleep(0.25)
     for name in outcomes:

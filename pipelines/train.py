@@ -16,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from orchard.config import OrchardConfig
+from orchard.errors import OrchardError
 from orchard.output import emit, stdout_reserved_for_json
 from orchard.runtime import ray_session
 from pipelines import options
@@ -69,6 +70,8 @@ def run(config: OrchardConfig, models: list[str], *, dataset: str | None = None,
                                            **options[name]))
             except BelowBaselineError as refused:
                 results.append({**refused.result, "registered": False, "error": str(refused)})
+            except OrchardError as error:  # a refusal that says what to change: its message, no traceback
+                results.append({"model": name, "registered": False, "error": f"{type(error).__name__}: {error}"})
             except Exception as error:  # noqa: BLE001 - one model's failure is reported; the others still train
                 log.exception("training %s failed", name)
                 results.append({"model": name, "registered": False, "error": f"{type(error).__name__}: {error}"})

@@ -348,8 +348,7 @@ class PredictionService:
         self._rollouts: dict[str, dict | None] = {}  # name -> the challenger rollout the registry records, if any
         self._shadow_tasks: set[asyncio.Task] = set()
         self._metrics = _metrics()
-        self._log = PredictionLog(self._storage.path("predictions")) if log_predictions and self._storage.is_local \
-            else None
+        self._log = PredictionLog(self._storage) if log_predictions else None
 
     def __del__(self):
         if getattr(self, "_log", None) is not None:
@@ -707,16 +706,37 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     Arguments: `storage` (required), `max_models_per_replica` (default 4), `canary`
     ({model: {alias: share}}), `alias_ttl_s` (default 2), `log_predictions` (default true),
     `replica_cpus` (CPUs of each replica, default 0.5), `online_store` (the online store's URL; default the
-    replicas' ORCHARD_ONLINE_STORE, else the SQLite file under a local storage root).
+    replicas' ORCHARD_ONLINE_STORE, else the SQLite file under a local storage root), `num_replicas` (a fixed
+    number, default 1) or `autoscaling` (Serve's autoscaling config: min_replicas, max_replicas, ...;
+    `autoscaling_config` fills in the rest, and min_replicas 0 lets an idle app scale to zero).
     """
     if not args.get("storage"):
         raise ValueError("the application needs the argument 'storage' (the storage root URI)")
     storage = normalize_storage_uri(str(args["storage"]))
-    actor_options = {"num_cpus": float(args.get("replica_cpus", 0.5))}
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": float(args.get("replica_cpus", 0.5))}}
+    if args.get("num_replicas") is not None:
+        options["num_replicas"] = int(args["num_replicas"])
+    if args.get("autoscaling"):
+        options["autoscaling_config"] = autoscaling_config(args["autoscaling"])
     canary = check_canary(args.get("canary") or {})
-    return PredictionService.options(ray_actor_options=actor_options).bind(
+    return PredictionService.options(**options).bind(
         storage, int(args.get("max_models_per_replica", 4)), canary, float(args.get("alias_ttl_s", ALIAS_TTL_S)),
         str(args.get("log_predictions", True)).lower() not in ("false", "0", "no"), args.get("online_store") or None)
+
+
+AUTOSCALING_DEFAULTS = {"target_ongoing_requests": 16, "upscale_delay_s": 10, "downscale_delay_s": 120}
+"""As serve/config.yaml sets them; with min_replicas 0, the last replica goes after downscale_delay_s idle unless
+downscale_to_zero_delay_s says otherwise."""
+
+
+def autoscaling_config(given: dict[str, Any]) -> dict[str, Any]:
+    """Serve's autoscaling config for the app: Orchard's defaults under what `given` says; bounds checked here, so
+    that a wrong one is an error that names it rather than a deployment that never becomes healthy."""
+    config = {**AUTOSCALING_DEFAULTS, "min_replicas": 1, "max_replicas": 8, **given}
+    low, high = int(config["min_replicas"]), int(config["max_replicas"])
+    if low < 0 or high < 1 or low > high:
+        raise ValueError(f"replicas: min_replicas {low} and max_replicas {high} must satisfy 0 <= min <= max, max >= 1")
+    return config
 
 
 def replica_urls(name: str = "orchard", *, wait_s: float = 0) -> list[str]:
@@ -771,9 +791,14 @@ def stop_serving() -> None:
         serve.shutdown()
 
 
-def deploy(config: OrchardConfig, *, name: str = "orchard", route_prefix: str = "/", **args: Any) -> str:
-    """Start Serve's HTTP proxy on the configured port, deploy the app, return its URL (the proxy's)."""
-    serve.start(http_options={"host": config.serve_host, "port": config.serve_port})
+def deploy(config: OrchardConfig, *, name: str = "orchard", route_prefix: str = "/", proxy_location: str | None = None,
+           **args: Any) -> str:
+    """Start Serve's HTTP proxy on the configured port, deploy the app, return its URL (the proxy's).
+
+    `proxy_location`: Serve's (EveryNode by default, HeadOnly for one proxy on the head node). `args`: build_app's.
+    """
+    serve.start(http_options={"host": config.serve_host, "port": config.serve_port},
+                **({"proxy_location": proxy_location} if proxy_location else {}))
     if config.online_store:
         args.setdefault("online_store", config.online_store)
     serve.run(build_app({"storage": config.storage, **args}), name=name, route_prefix=route_prefix, blocking=False)

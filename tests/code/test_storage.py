@@ -5,8 +5,8 @@ import pytest
 from orchard.storage import Storage, StorageError
 
 
-def test_write_then_read_round_trips_bytes_and_json(tmp_path):
-    storage = Storage(str(tmp_path))
+def test_write_then_read_round_trips_bytes_and_json(storage_root):
+    storage = Storage(storage_root)
     storage.write_bytes("a/b/c.bin", b"\x00\x01")
     storage.write_json("a/meta.json", {"x": 1})
     assert storage.read_bytes("a/b/c.bin") == b"\x00\x01"
@@ -39,17 +39,66 @@ def test_find_files_matches_pattern_recursively_and_skips_hidden(tmp_path):
     assert list(storage.find_files("absent", "*")) == []
 
 
-def test_publish_dir_has_exactly_one_winner_per_name(tmp_path):
-    storage = Storage(str(tmp_path))
-    stagings = []
-    for i in range(8):
-        storage.write_bytes(f"s{i}/data", str(i).encode())
-        stagings.append(f"s{i}")
+def _race(function, arguments) -> list:
     results = []
-    threads = [threading.Thread(target=lambda s=s: results.append(storage.publish_dir(s, "final"))) for s in stagings]
+    threads = [threading.Thread(target=lambda a=a: results.append(function(a))) for a in arguments]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return results
+
+
+def test_publish_dir_has_exactly_one_winner_per_name(storage_root):
+    storage = Storage(storage_root)
+    for i in range(8):
+        storage.write_bytes(f"s{i}/data", str(i).encode())
+        storage.write_bytes(f"s{i}/marker", b"done")
+    results = _race(lambda staging: storage.publish_dir(staging, "out/final", "marker"), [f"s{i}" for i in range(8)])
     assert sorted(results) == [False] * 7 + [True]
-    assert storage.list_dir("final") == ["data"]
+    assert storage.published("out", "marker") == ["final"]
+    assert storage.list_dir("out/final") == ["data", "marker"]
+    winner = storage.read_bytes("out/final/data").decode()
+    assert [storage.exists(f"s{i}") for i in range(8)] == [str(i) != winner for i in range(8)]
+
+
+def test_an_object_store_folder_claimed_but_not_complete_is_not_published(s3_root):
+    storage = Storage(s3_root)
+    storage.write_bytes("out/half/data", b"copied before the writer died")  # no marker yet
+    assert storage.published("out", "marker") == []
+    storage.write_bytes("staging/data", b"x")
+    with pytest.raises(StorageError, match="has no marker"):
+        storage.publish_dir("staging", "out/other", "marker")
+
+
+def test_create_exclusive_has_exactly_one_winner(storage_root):
+    storage = Storage(storage_root)
+    results = _race(lambda i: storage.create_exclusive("claims/7", str(i).encode()), range(8))
+    assert sorted(results) == [False] * 7 + [True]
+    assert storage.read_bytes("claims/7") in {str(i).encode() for i in range(8)}
+
+
+def test_replace_if_writes_only_over_the_content_it_read(storage_root):
+    storage = Storage(storage_root)
+    assert storage.read_tagged("doc.json") == (None, None)
+    assert storage.replace_if("doc.json", b"1", None)
+    assert not storage.replace_if("doc.json", b"2", None)  # there is a document now
+    data, tag = storage.read_tagged("doc.json")
+    assert data == b"1"
+    assert storage.replace_if("doc.json", b"2", tag)
+    assert not storage.replace_if("doc.json", b"3", tag)  # stale: someone wrote "2" since
+    assert storage.read_bytes("doc.json") == b"2"
+
+
+def test_concurrent_json_updates_and_appends_lose_nothing(storage_root):
+    storage = Storage(storage_root)
+
+    def work(worker: int) -> None:
+        for step in range(5):
+            storage.update_json("counter.json", lambda value: {"n": (value or {"n": 0})["n"] + 1})
+            storage.append_line("log.txt", f"{worker}-{step}")
+
+    _race(work, range(4))
+    assert storage.read_json("counter.json") == {"n": 20}
+    assert sorted(storage.read_bytes("log.txt").decode().splitlines()) == sorted(
+        f"{w}-{s}" for w in range(4) for s in range(5))

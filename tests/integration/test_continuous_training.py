@@ -56,7 +56,7 @@ def _logged(storage: Storage, predicate, count: int) -> list[dict]:
     """Waits (the log is written about once a second) until `count` logged instances match."""
     found = []
     for _ in range(150):
-        found = [r for r in read_predictions(storage.path("predictions"), MODEL) if predicate(r)]
+        found = [r for r in read_predictions(storage, MODEL) if predicate(r)]
         if sum(len(r["inputs"]) for r in found) >= count:
             return found
         time.sleep(0.2)

@@ -218,7 +218,7 @@ def test_predictions_of_photos_are_logged_by_pixel_hash_not_pixels(apple_app, ap
     deadline = time.monotonic() + 20
     logged = []
     while time.monotonic() < deadline and not logged:
-        logged = [r for r in read_predictions(apple_storage.path("predictions"), MODEL)
+        logged = [r for r in read_predictions(apple_storage, MODEL)
                   if any(i["image"].get("sha256") == digest for i in r["inputs"])]
         time.sleep(0.5)
     assert logged and logged[0]["inputs"][0]["image"] == {"sha256": digest, "shape": [64, 64, 3]}

@@ -47,7 +47,7 @@ def monitored(ray_cluster, tmp_path_factory):
     test = TrainingDataset.open(storage, get_view("fruit_classification")).read("test").take_all()
     rows, labels = [{n: row[n] for n in names} for row in test], [row["label"] for row in test]
     heavier = [{**row, "weight_g": row["weight_g"] * 1.6} for row in rows]
-    log = PredictionLog(storage.path("predictions"))
+    log = PredictionLog(storage)
     expected, outcomes = {}, []
     for day, inputs, tag in ((DAY_1, rows, "d1"), (DAY_2, heavier, "d2")):
         hits = answered = 0

@@ -359,7 +359,7 @@ def test_entity_predictions_are_logged_with_their_keys_and_an_outcome_by_key_is_
     predicted = answer.json()["predictions"][0]
     logged = []
     for _ in range(100):  # the log is written about once a second
-        logged = [r for r in read_predictions(Storage(root).path("predictions"), "surf_regressor")
+        logged = [r for r in read_predictions(Storage(root), "surf_regressor")
                   if r["request_id"] == answer.headers["x-request-id"]]
         if logged:
             break

@@ -10,7 +10,6 @@ import pytest
 
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
-from tests.helpers import failure_looking_lines
 from tests.ray_head import ray_head_cluster
 
 pytestmark = pytest.mark.e2e
@@ -106,55 +105,6 @@ def test_job_api_refuses_requests_without_the_cluster_token(head_cluster):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{head_cluster.address}/api/jobs/", timeout=10)
     assert refused.value.code == 401
-
-
-# Surf data, its feature runs (two groups online), the training dataset and the scikit-learn model, in one job.
-SURF_JOB = textwrap.dedent("""
-    import sys
-    from orchard.config import OrchardConfig
-    from orchard.projects import activate
-    from orchard.runtime import ray_session
-    from orchard.storage import Storage
-
-    config = OrchardConfig.from_sources(env={}, storage=sys.argv[1])  # the projects of the job's pyproject.toml
-    activate(config.projects)
-    from surf.generate import write_surf
-    from surf.groups import FEATURE_GROUPS, SURF_HEIGHT
-    from features.pipeline import run_feature_pipeline
-    from features.datasets import RandomSplit, create_training_dataset
-    from training.trainer import train_model
-
-    storage = Storage(config.storage)
-    with ray_session(config, quiet=True):
-        write_surf(storage, rows=300, seed=3)
-        for group in FEATURE_GROUPS:
-            run_feature_pipeline(storage, group)
-        create_training_dataset(storage, SURF_HEIGHT, RandomSplit(seed=0))
-        train_model(storage, "surf_regressor", alias="production")
-""")
-
-
-@pytest.mark.slow  # ~50 s: keeps `make test` under its 15 minutes
-def test_batch_inference_runs_as_a_submitted_job_and_a_rerun_adds_nothing(head_cluster, tmp_path_factory):
-    from deltalake import DeltaTable
-
-    storage = str(tmp_path_factory.mktemp("job-batch"))
-    returncode, logs = head_cluster.submit(["python", "-c", SURF_JOB, storage], timeout=300, submission_id="surf")
-    assert returncode == 0, logs[-3000:]
-    command = ["python", "-m", "pipelines.batch_inference", "surf_regressor@production", "--input",
-               "surf_observations", "--storage", storage, "--json"]
-    reports = []
-    for attempt in ("batch", "batch-again"):
-        returncode, logs = head_cluster.submit(command, timeout=300, submission_id=attempt)
-        assert returncode == 0, logs[-3000:]
-        start = logs.index("{\n")  # --json: one JSON document after the echoed entrypoint
-        reports.append(json.loads(logs[start:logs.index("\n}", start) + 2]))
-        assert failure_looking_lines(logs) == []  # a healthy run prints no library noise (an actor pool used to)
-    first, second = reports
-    assert first["mode"] == "entities" and first["rows"] == 300 and first["predicted"] > 250 and not first["already_done"]
-    assert second["already_done"] and second["table_version"] == first["table_version"]
-    table = DeltaTable(f"{storage}/predictions/batch/surf_regressor").to_pyarrow_table()
-    assert table.num_rows == 300 and set(table.column("model_version").to_pylist()) == {1}
 
 
 PREPARE_JOB = ("import sys; from orchard.config import OrchardConfig; from orchard.runtime import ray_session; "

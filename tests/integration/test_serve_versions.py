@@ -114,7 +114,7 @@ def test_every_prediction_is_logged_with_its_version_and_request_id(app):
     assert response.status_code == 200
     deadline, records = time.monotonic() + 10, []
     while time.monotonic() < deadline and not records:
-        records = [r for r in read_predictions(storage.path("predictions"), "fruit_classifier")
+        records = [r for r in read_predictions(storage, "fruit_classifier")
                    if r["request_id"] == "logged-request-1"]
         time.sleep(0.2)
     assert len(records) == 1, "the prediction was not logged within 10 s"

@@ -290,13 +290,16 @@ class KerasFlavor(Flavor):
 
 
 def scaling_config(workers: int, gpu: bool) -> "ray.train.ScalingConfig":
-    """`workers` training workers with one CPU each, and one GPU each when `gpu`."""
+    """`workers` training workers with one CPU each, and one GPU each when `gpu`; spread over the cluster's nodes
+    where it has several (Ray Train packs them by default), as data-parallel workers that share a node share its
+    cores and memory bandwidth."""
     from ray.train import ScalingConfig
 
     if not _positive_int(workers):
         raise DnnError(f"workers must be a positive integer, got {workers!r}")
     resources = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
-    return ScalingConfig(num_workers=workers, use_gpu=bool(gpu), resources_per_worker=resources)
+    return ScalingConfig(num_workers=workers, use_gpu=bool(gpu), resources_per_worker=resources,
+                         placement_strategy="SPREAD")
 
 
 # -- the training loop, run by every Ray Train worker
