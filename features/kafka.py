@@ -21,6 +21,7 @@ settings. Neither is ever logged or stored.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Mapping
@@ -33,6 +34,11 @@ from orchard.errors import UsageError
 
 KAFKA_ENV_PREFIX = "ORCHARD_KAFKA_"
 TIMEOUT_S = 30.0
+"""For the broker's answers about a topic (metadata, offsets)."""
+READ_TIMEOUT_S = 120.0
+"""How long one partition's read may wait for its end offset; a read cut short commits only what it read."""
+
+log = logging.getLogger(__name__)
 
 
 class KafkaSourceError(UsageError):
@@ -46,8 +52,9 @@ def checkpoint_key(source: KafkaSource, partition: int) -> str:
 
 @dataclass(frozen=True)
 class KafkaRead:
-    """What one run reads of one source: per partition, [start, end) offsets, and each partition's ordinal (rows are
-    ordered by (ordinal << 40) + offset)."""
+    """What one run reads of one source: [start, end) offsets of every partition the topic had at the start of the
+    run (start == end where there is nothing new), and each partition's ordinal (rows are ordered by
+    (ordinal << 40) + offset)."""
 
     source: KafkaSource
     ranges: Mapping[int, tuple[int, int]]
@@ -108,11 +115,21 @@ def pending_reads(group: FeatureGroup, watermarks: Mapping[str, str], first_ordi
         ranges, ordinals = {}, {}
         for partition, (low, high) in end_offsets(source).items():
             committed = watermarks.get(checkpoint_key(source, partition))
-            start = max(int(committed), low) if committed is not None else low
-            if high > start:
-                ranges[partition], ordinals[partition] = (start, high), ordinal
-                ordinal += 1
-        if ranges:
+            start = low if committed is None else int(committed)
+            if start > high:
+                raise KafkaSourceError(
+                    f"Kafka source {source.name!r}: partition {partition} of topic {source.topic!r} ends at offset "
+                    f"{high}, before the offset {start} the table has read up to: was the topic deleted and "
+                    f"created again? Its new messages would be skipped; a new version of group {group.ref} reads "
+                    "it from the start")
+            if start < low:
+                log.warning("%s: partition %d of topic %s no longer holds offsets %d to %d (the broker's retention "
+                            "removed them before they were read); reading from %d", group.ref, partition,
+                            source.topic, start, low - 1, low)
+                start = low
+            ranges[partition], ordinals[partition] = (start, high), ordinal
+            ordinal += 1
+        if any(end > start for start, end in ranges.values()):
             reads.append(KafkaRead(source, ranges, ordinals))
     return reads
 
@@ -123,22 +140,63 @@ def read(kafka_read: KafkaRead, group: FeatureGroup):
 
     source = kafka_read.source
     servers, settings = connection(source)
-    ranges = {source.topic: {p: start for p, (start, _) in kafka_read.ranges.items()}}
+    # Every partition the topic had is named (Ray reads an unnamed one from its start to its end); one that
+    # appeared since is still read by Ray, and dropped by parse_messages until a run names it.
+    starts = {source.topic: {p: start for p, (start, _) in kafka_read.ranges.items()}}
     ends = {source.topic: {p: end for p, (_, end) in kafka_read.ranges.items()}}
-    return ray.data.read_kafka(source.topic, bootstrap_servers=servers, start_offset=ranges, end_offset=ends,
-                               consumer_config=settings or None).map_batches(
-        parse_messages, fn_kwargs={"source": source, "group": group, "ordinals": dict(kafka_read.ordinals)},
+    return ray.data.read_kafka(source.topic, bootstrap_servers=servers, start_offset=starts, end_offset=ends,
+                               consumer_config=settings or None, timeout_ms=int(READ_TIMEOUT_S * 1000)).map_batches(
+        parse_messages, fn_kwargs={"source": source, "group": group, "ordinals": dict(kafka_read.ordinals),
+                                   "ranges": dict(kafka_read.ranges)},
         batch_format="pyarrow", batch_size=None)
 
 
-def committed_offsets(kafka_read: KafkaRead) -> dict[str, str]:
-    """The checkpoint entries after this read: each partition's next offset."""
-    return {checkpoint_key(kafka_read.source, p): str(end) for p, (_, end) in kafka_read.ranges.items()}
+def committed_offsets(kafka_read: KafkaRead, reached: Mapping[int, int] | None = None) -> dict[str, str]:
+    """The checkpoint entries after this read: each partition's next offset to read. `reached` (partition -> the
+    highest offset read) holds a partition back where its read stopped short of the end (it timed out: a leader
+    that was down, or a transaction's control records at the end), so that nothing unread is ever skipped."""
+    offsets = {}
+    for partition, (start, end) in kafka_read.ranges.items():
+        if reached is not None and end > start:
+            end = min(end, reached.get(partition, start - 1) + 1)
+        offsets[checkpoint_key(kafka_read.source, partition)] = str(end)
+    return offsets
 
 
-def parse_messages(batch: pa.Table, source: KafkaSource, group: FeatureGroup, ordinals: Mapping[int, int]) -> pa.Table:
+def messages_read(kafka_read: KafkaRead, reached: Mapping[int, int]) -> int:
+    """How many offsets of the read's ranges were read (the highest offset read per partition)."""
+    return sum(min(end, reached.get(p, start - 1) + 1) - start
+               for p, (start, end) in kafka_read.ranges.items() if end > start)
+
+
+def offsets_reached(parsed, kafka_reads: list[KafkaRead]) -> dict[str, dict[int, int]]:
+    """Per source, the highest offset read of each partition, from the parsed rows (one small pass)."""
+    from features.ingest import LINE_COLUMN, SOURCE_COLUMN
+
+    prefixes = {f"{read.source.label}/": read.source.name for read in kafka_reads}
+
+    def highest(batch: pa.Table) -> pa.Table:
+        found: dict[tuple[str, int], int] = {}
+        for source, line in zip(batch.column(SOURCE_COLUMN).to_pylist(), batch.column(LINE_COLUMN).to_pylist()):
+            for prefix, name in prefixes.items():
+                if source.startswith(prefix) and line is not None:
+                    key = (name, int(source[len(prefix):]))
+                    found[key] = max(found.get(key, line), line)
+        return pa.table({"source": [k[0] for k in found], "partition": [k[1] for k in found],
+                         "offset": pa.array(list(found.values()), pa.int64())})
+
+    reached: dict[str, dict[int, int]] = {}
+    for row in parsed.map_batches(highest, batch_format="pyarrow", batch_size=None).take_all():
+        partitions = reached.setdefault(row["source"], {})
+        partitions[row["partition"]] = max(partitions.get(row["partition"], row["offset"]), row["offset"])
+    return reached
+
+
+def parse_messages(batch: pa.Table, source: KafkaSource, group: FeatureGroup, ordinals: Mapping[int, int],
+                   ranges: Mapping[int, tuple[int, int]] | None = None) -> pa.Table:
     """Messages (read_kafka's columns) as rows of the pipeline's bookkeeping schema: the source column names the
-    partition, the line column holds the offset."""
+    partition, the line column holds the offset. Messages outside `ranges` (a partition added since the run began)
+    are left for a later run."""
     from features.ingest import (
         LINE_COLUMN,
         ORDER_COLUMN,
@@ -150,6 +208,10 @@ def parse_messages(batch: pa.Table, source: KafkaSource, group: FeatureGroup, or
         json_records,
     )
 
+    if ranges is not None:
+        keep = [p in ranges and ranges[p][0] <= o < ranges[p][1]
+                for p, o in zip(batch.column("partition").to_pylist(), batch.column("offset").to_pylist())]
+        batch = batch.filter(pa.array(keep, pa.bool_()))
     texts, reasons = [], []
     for value in batch.column("value").to_pylist():
         if value is None:

@@ -339,8 +339,9 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
         checkpoint.files[f.identity] = f.path
     for read in sql_reads:
         checkpoint.watermarks[read.checkpoint_key] = encode_watermark(read.upper)
+    reached = kafka.offsets_reached(parsed, kafka_reads) if kafka_reads else {}
     for read in kafka_reads:
-        checkpoint.watermarks.update(kafka.committed_offsets(read))
+        checkpoint.watermarks.update(kafka.committed_offsets(read, reached.get(read.source.name, {})))
     metadata = {**store.stage_checkpoint(group, checkpoint, run_id),
                 QUARANTINE_VERSION_KEY: str(store.quarantine_version(group))}
     unique.map_batches(with_partition_columns, fn_kwargs={"group": group}, batch_format="pyarrow").write_datasink(
@@ -348,7 +349,8 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
                         crash_name="before_feature_commit", partition_by=group.partition_columns)
     )
     return record_run(storage, store, group, report(
-        files_read=len(files), sql_sources_read=len(sql_reads), kafka_messages_read=sum(r.messages for r in kafka_reads),
+        files_read=len(files), sql_sources_read=len(sql_reads),
+        kafka_messages_read=sum(kafka.messages_read(read, reached.get(read.source.name, {})) for read in kafka_reads),
         files_quarantined=files_unreadable,
         rows_read=rows_valid + rows_rejected - files_unreadable, rows_written=rows_written,
         rows_quarantined=rows_rejected - files_unreadable, rows_duplicate=rows_valid - rows_written,

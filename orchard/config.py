@@ -43,6 +43,12 @@ def normalize_storage_uri(value: str, cwd: Path | None = None) -> str:
     if parsed.scheme in ("s3", "gs", "gcs", "abfs", "hdfs"):
         if not parsed.netloc:
             raise ConfigError(f"storage root {value!r} names no bucket or host")
+        if parsed.scheme == "s3" and ("@" in parsed.netloc or parsed.query):
+            # Every library that touches the store (pyarrow, deltalake, boto3) must see the same endpoint and
+            # credentials, and a URI is printed in messages: both belong in the AWS_* variables.
+            raise ConfigError(f"storage root s3://{parsed.hostname or ''}/…: give credentials, endpoint and region in "
+                              "the AWS_* environment variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, AWS_REGION), "
+                              "not in the URI")
         return value.rstrip("/")
     raise ConfigError(
         f"storage root {value!r} has unsupported scheme {parsed.scheme!r}; "

@@ -152,12 +152,13 @@ class Storage:
                 raise StorageError(f"cannot publish {staging} as {final}: {error}") from error
             return True
         parent, name = posixpath.split(final.strip("/"))
+        files = [entry.path for entry in self._all_files(staging)]
+        marker_path = f"{staging.strip('/')}/{marker}"
+        if marker_path not in files:  # checked before the claim, so a bad folder takes no name
+            raise StorageError(f"cannot publish {staging}: it has no {marker}")
         if not self.create_exclusive(f"{parent}/.claims/{name}", staging.encode()):
             return False
-        files = [entry.path for entry in self._all_files(staging)]
-        if f"{staging.strip('/')}/{marker}" not in files:
-            raise StorageError(f"cannot publish {staging}: it has no {marker}")
-        for path in sorted(files, key=lambda p: posixpath.basename(p) == marker):  # the marker last
+        for path in sorted(files, key=lambda p: p == marker_path):  # the marker last
             self.fs.copy_file(self.path(path), self.path(f"{final}/{posixpath.relpath(path, staging.strip('/'))}"))
         self.delete_dir(staging)
         return True
@@ -196,9 +197,11 @@ class Storage:
         client, bucket, key = self._s3_client(), *self._s3_key(relative)
         try:
             answer = client.get_object(Bucket=bucket, Key=key)
+            return answer["Body"].read(), answer["ETag"]
         except client.exceptions.NoSuchKey:
             return None, None
-        return answer["Body"].read(), answer["ETag"]
+        except Exception as error:  # noqa: BLE001 - botocore's errors, named without their details' secrets
+            raise StorageError(f"cannot read {self.uri(relative)}: {_s3_error(error)}") from None
 
     def replace_if(self, relative: str, data: bytes, tag: str | None) -> bool:
         """Write `data` if the document still has `tag` (None: if there is still no document); False if not."""
@@ -288,20 +291,33 @@ class Storage:
         return boto3.session.Session().client("s3")
 
     def _s3_put(self, relative: str, data: bytes, **condition: str) -> str | None:
-        """PUT with a condition; the new ETag, or None when the condition did not hold."""
+        """PUT, with a condition if given; the new ETag, or None when the condition did not hold."""
         client, bucket, key = self._s3_client(), *self._s3_key(relative)
         try:
             return client.put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
         except client.exceptions.ClientError as error:
-            # 412: the condition failed; 409: a concurrent conditional write to the same key is in progress
-            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            # 412: the condition failed; 409: a concurrent conditional write to the same key is in progress;
+            # 404 on If-Match: the document is gone, so it no longer has the tag
+            if condition and (status in (409, 412) or (status == 404 and "IfMatch" in condition)):
                 return None
-            raise StorageError(f"cannot write {self.uri(relative)}: {error}") from None
+            raise StorageError(f"cannot write {self.uri(relative)}: {_s3_error(error)}") from None
+        except Exception as error:  # noqa: BLE001 - no credentials, no endpoint, ...: botocore's own errors
+            raise StorageError(f"cannot write {self.uri(relative)}: {_s3_error(error)}") from None
 
     def __getstate__(self) -> dict:  # a boto3 client does not travel to Ray workers; they make their own
         state = dict(self.__dict__)
         state.pop("_client", None)
         return state
+
+
+def _s3_error(error: Exception) -> str:
+    """What went wrong in an S3 call, in words that never hold a credential: the error's type and code."""
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        details = response.get("Error", {})
+        return f"{details.get('Code', type(error).__name__)} ({details.get('Message', 'no message')})"
+    return type(error).__name__
 
 
 def _json_bytes(value: Any) -> bytes:

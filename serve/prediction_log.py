@@ -99,7 +99,8 @@ class PredictionLog:
                         handle.write(text)
                 else:
                     self.storage.write_bytes(f"{path}-{next(self._sequence):08d}.jsonl", text.encode())
-            except OSError as error:  # the service keeps answering; the loss is logged and counted
+            except Exception as error:  # noqa: BLE001 - a full disk, an unreachable object store: the service
+                # keeps answering and this thread keeps writing; the loss is logged and counted
                 self.dropped += len(lines)
                 log.error("could not write %d prediction(s) to %s: %s", len(lines), self.storage.uri(path), error)
 

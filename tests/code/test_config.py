@@ -56,3 +56,10 @@ def test_importing_the_packages_has_no_side_effects(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("uri", ["s3://KEYID:secret123@bucket/orchard", "s3://bucket/orchard?endpoint_override=x:9"])
+def test_an_s3_root_with_credentials_or_settings_in_it_is_refused_without_repeating_them(uri):
+    with pytest.raises(ConfigError, match="AWS_\\* environment variables") as refused:
+        normalize_storage_uri(uri)
+    assert "secret123" not in str(refused.value) and "KEYID" not in str(refused.value)

@@ -8,7 +8,17 @@ import pytest
 
 from features import EVENT_TIME_TYPE, Feature, FeatureGroup, KafkaSource
 from features.definitions import DefinitionError
-from features.kafka import KafkaRead, KafkaSourceError, checkpoint_key, committed_offsets, connection, parse_messages
+from features import kafka
+from features.kafka import (
+    KafkaRead,
+    KafkaSourceError,
+    checkpoint_key,
+    committed_offsets,
+    connection,
+    messages_read,
+    parse_messages,
+    pending_reads,
+)
 
 SOURCE = KafkaSource(name="readings", broker="plant", topic="sensor.readings-v1")
 GROUP = FeatureGroup(
@@ -61,3 +71,31 @@ def test_a_read_commits_each_partitions_next_offset():
     read = KafkaRead(SOURCE, {0: (5, 9), 2: (0, 3)}, {0: 0, 2: 1})
     assert read.messages == 7
     assert committed_offsets(read) == {checkpoint_key(SOURCE, 0): "9", checkpoint_key(SOURCE, 2): "3"}
+
+
+def test_a_read_cut_short_commits_only_what_it_read():
+    read = KafkaRead(SOURCE, {0: (5, 9), 1: (2, 6), 2: (3, 3)}, {0: 0, 1: 1, 2: 2})
+    reached = {0: 8, 1: 3}  # partition 1 timed out after offset 3
+    assert committed_offsets(read, reached) == {checkpoint_key(SOURCE, 0): "9", checkpoint_key(SOURCE, 1): "4",
+                                                checkpoint_key(SOURCE, 2): "3"}
+    assert messages_read(read, reached) == 4 + 2
+    assert committed_offsets(read, {})[checkpoint_key(SOURCE, 0)] == "5"  # nothing read: nothing skipped
+
+
+def test_messages_outside_the_runs_ranges_are_left_for_a_later_run():
+    at = datetime(2026, 12, 1, tzinfo=timezone.utc).isoformat()
+    good = json.dumps({"reading_id": "r1", "at": at, "celsius": 21.5}).encode()
+    rows = parse_messages(_messages([good] * 4, [0, 0, 1, 7], [4, 5, 9, 0]), SOURCE, GROUP, {0: 0, 1: 1},
+                          ranges={0: (5, 6), 1: (0, 10)}).to_pylist()
+    assert [(r["_source"][-1], r["_line"]) for r in rows] == [("0", 5), ("1", 9)]
+
+
+def test_every_partition_is_read_from_its_committed_offset_and_a_rewound_topic_is_refused(monkeypatch):
+    monkeypatch.setattr(kafka, "end_offsets", lambda source: {0: (0, 10), 1: (4, 8), 2: (0, 3)})
+    reads = pending_reads(GROUP, {checkpoint_key(SOURCE, 0): "10", checkpoint_key(SOURCE, 1): "2"}, first_ordinal=5)
+    # partition 0 is caught up but still named, 1 starts where retention left it, 2 from its start
+    assert reads[0].ranges == {0: (10, 10), 1: (4, 8), 2: (0, 3)} and reads[0].ordinals == {0: 5, 1: 6, 2: 7}
+    assert pending_reads(GROUP, {checkpoint_key(SOURCE, p): str(end) for p, end in ((0, 10), (1, 8), (2, 3))},
+                         0) == []
+    with pytest.raises(KafkaSourceError, match="deleted and created again"):
+        pending_reads(GROUP, {checkpoint_key(SOURCE, 0): "12"}, first_ordinal=0)

@@ -102,3 +102,11 @@ def test_concurrent_json_updates_and_appends_lose_nothing(storage_root):
     assert storage.read_json("counter.json") == {"n": 20}
     assert sorted(storage.read_bytes("log.txt").decode().splitlines()) == sorted(
         f"{w}-{s}" for w in range(4) for s in range(5))
+
+
+def test_an_object_store_that_refuses_a_write_is_a_storage_error_naming_the_path(s3_root):
+    storage = Storage(s3_root.replace("s3://", "s3://no-such-bucket-").split("/store")[0] + "/store")
+    with pytest.raises(StorageError, match="cannot write .*doc.json: NoSuchBucket"):
+        storage.write_bytes("doc.json", b"{}")
+    with pytest.raises(StorageError, match="cannot read .*doc.json: NoSuchBucket"):
+        storage.read_tagged("doc.json")
