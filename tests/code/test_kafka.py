@@ -6,9 +6,8 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from features import EVENT_TIME_TYPE, Feature, FeatureGroup, KafkaSource
+from features import EVENT_TIME_TYPE, Feature, FeatureGroup, KafkaSource, kafka
 from features.definitions import DefinitionError
-from features import kafka
 from features.kafka import (
     KafkaRead,
     KafkaSourceError,
