@@ -54,8 +54,17 @@ class Feature:
             raise DefinitionError(f"image feature {self.name!r} must have dtype pa.binary() (its raw pixels)")
 
 
+class _MapsColumns:
+    """A source whose column names may differ from the group's feature names (its `columns` mapping)."""
+
+    columns: Mapping[str, str]
+
+    def source_column(self, feature: str) -> str:
+        return self.columns.get(feature, feature)
+
+
 @dataclass(frozen=True)
-class FileSource:
+class FileSource(_MapsColumns):
     """Raw files of one format in one landing folder, mapped onto a group's schema.
 
     `columns` maps a feature name to the source's column name where they differ;
@@ -70,12 +79,10 @@ class FileSource:
     columns: Mapping[str, str] = field(default_factory=dict)
     scale: Mapping[str, float] = field(default_factory=dict)
 
-    def source_column(self, feature: str) -> str:
-        return self.columns.get(feature, feature)
 
 
 @dataclass(frozen=True)
-class SqlSource:
+class SqlSource(_MapsColumns):
     """Rows of one SQL table, read incrementally past a watermark column.
 
     `database` names a connection, not an address: its URL comes from the
@@ -102,8 +109,6 @@ class SqlSource:
             if not SQL_IDENTIFIER.match(value):
                 raise DefinitionError(f"SQL source {self.name!r}: {label} {value!r} is not a plain SQL identifier")
 
-    def source_column(self, feature: str) -> str:
-        return self.columns.get(feature, feature)
 
     @property
     def label(self) -> str:
@@ -115,7 +120,7 @@ KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 @dataclass(frozen=True)
-class KafkaSource:
+class KafkaSource(_MapsColumns):
     """Messages of one Kafka topic, each a JSON object whose keys are the group's features (or `columns`' names).
 
     `broker` names a connection, not an address: its bootstrap servers come from the environment variable
@@ -141,8 +146,6 @@ class KafkaSource:
             raise DefinitionError(f"Kafka source {self.name!r}: {self.topic!r} is not a valid topic name (letters, "
                                   "digits, '.', '_', '-'; at most 249)")
 
-    def source_column(self, feature: str) -> str:
-        return self.columns.get(feature, feature)
 
     @property
     def label(self) -> str:

@@ -296,6 +296,11 @@ class ModelRegistry:
     def aliases(self, name: str) -> dict[str, int]:
         return self._state(name)["aliases"]
 
+    def aliases_and_rollout(self, name: str) -> tuple[dict[str, int], dict | None]:
+        """`aliases` and `rollout` from one read of the model's state (what a serving replica refreshes)."""
+        state = self._state(name)
+        return state["aliases"], state["rollout"]
+
     def alias_history(self, name: str) -> list[dict]:
         """Every alias change, oldest first: {"time", "alias", "from", "to"}; "to" is None for a deletion."""
         return self._state(name)["history"]

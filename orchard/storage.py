@@ -81,18 +81,14 @@ class Storage:
 
     def find_files(self, relative: str, pattern: str = "*") -> Iterator[FileEntry]:
         """Files below a folder, recursively, whose name matches a glob pattern, sorted by path."""
-        selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
-        base = self.path(relative)
+        base = relative.strip("/") or "."
 
         def visible(path: str) -> bool:  # skips temporary files and folders such as _delta_log
             return not any(part.startswith((".", "_")) for part in posixpath.relpath(path, base).split("/"))
 
-        entries = [
-            e for e in self.fs.get_file_info(selector)
-            if e.type == pafs.FileType.File and fnmatch.fnmatch(posixpath.basename(e.path), pattern) and visible(e.path)
-        ]
-        for entry in sorted(entries, key=lambda e: e.path):
-            yield FileEntry(self.relative(entry.path), entry.size, entry.mtime_ns or 0)
+        entries = [e for e in self._all_files(relative)
+                   if fnmatch.fnmatch(posixpath.basename(e.path), pattern) and visible(e.path)]
+        yield from sorted(entries, key=lambda e: e.path)
 
     # -- reads and writes -----------------------------------------------------------
     def read_bytes(self, relative: str) -> bytes:
@@ -218,16 +214,15 @@ class Storage:
     def update_json(self, relative: str, change: Callable[[Any], Any], *, attempts: int = 100) -> Any:
         """Read a JSON document (None when absent), let `change` return its new value, and write that only if nobody
         wrote the document meanwhile; on a conflict, read and change again. Returns the value written."""
-        for _ in range(attempts):
-            data, tag = self.read_tagged(relative)
+        def swap(data: bytes | None) -> tuple[bytes, Any]:
             try:
                 current = None if data is None else json.loads(data)
             except json.JSONDecodeError as error:
                 raise StorageError(f"{self.uri(relative)} is not valid JSON: {error}") from None
             value = change(current)
-            if self.replace_if(relative, _json_bytes(value), tag):
-                return value
-        raise StorageError(f"{self.uri(relative)}: gave up after {attempts} conflicting concurrent updates")
+            return _json_bytes(value), value
+
+        return self._swap(relative, swap, attempts)
 
     def append_line(self, relative: str, line: str) -> None:
         """Append one line to a text file that several writers may append to; none of them loses a line."""
@@ -239,22 +234,26 @@ class Storage:
                 handle.flush()
                 os.fsync(handle.fileno())
             return
-        for _ in range(100):  # an object store cannot append: rewrite the object if nobody else did meanwhile
+        # an object store cannot append: rewrite the object if nobody else did meanwhile
+        self._swap(relative, lambda data: ((data or b"") + line.encode(), None), 100)
+
+    def _swap(self, relative: str, change: Callable[[bytes | None], tuple[bytes, Any]], attempts: int) -> Any:
+        """Compare-and-swap until it holds: `change` maps the current bytes (None: absent) to (new bytes, result)."""
+        for _ in range(attempts):
             data, tag = self.read_tagged(relative)
-            if self.replace_if(relative, (data or b"") + line.encode(), tag):
-                return
-        raise StorageError(f"{self.uri(relative)}: gave up appending after 100 conflicting concurrent appends")
+            new, result = change(data)
+            if self.replace_if(relative, new, tag):
+                return result
+        raise StorageError(f"{self.uri(relative)}: gave up after {attempts} conflicting concurrent updates")
 
     def published(self, relative: str, marker: str) -> list[str]:
         """Names of the folders directly inside `relative` that `publish_dir` completed: those holding `marker`."""
         if self.is_local:  # published by one rename: a folder under its final name is complete
             return [name for name in self.list_dir(relative) if not name.startswith(".")]
-        base = self.path(relative)  # one recursive listing rather than a request per folder
-        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        return sorted({posixpath.relpath(entry.path, base).split("/")[0] for entry in self.fs.get_file_info(selector)
-                       if entry.type == pafs.FileType.File and not posixpath.relpath(entry.path, base).startswith(".")
-                       and posixpath.relpath(entry.path, base).count("/") == 1
-                       and posixpath.basename(entry.path) == marker})
+        base = relative.strip("/") or "."  # one recursive listing rather than a request per folder
+        inside = (posixpath.relpath(entry.path, base).split("/") for entry in self._all_files(relative))
+        return sorted({parts[0] for parts in inside if len(parts) == 2 and parts[1] == marker
+                       and not parts[0].startswith(".")})
 
     def _local_temporary(self, target: str, data: bytes) -> str:
         temporary = posixpath.join(posixpath.dirname(target), f".tmp-{uuid.uuid4().hex}")

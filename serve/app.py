@@ -365,8 +365,8 @@ class PredictionService:
             versions = self._registry.versions(name)
             if not versions:
                 raise RegistryError(f"no model named {name!r} is registered")
-            self._rollouts[name] = self._registry.rollout(name)
-            self._aliases[name] = (time.monotonic(), self._registry.aliases(name), versions)
+            aliases, self._rollouts[name] = self._registry.aliases_and_rollout(name)
+            self._aliases[name] = (time.monotonic(), aliases, versions)
         _, aliases, versions = self._aliases[name]
         return aliases, versions
 

@@ -22,7 +22,7 @@ import pytest
 from features.pipeline import run_feature_pipeline
 from features.store import OfflineStore
 from orchard.storage import Storage
-from tests.helpers import REPOSITORY
+from tests.helpers import REPOSITORY, stop_child
 from tests.integration.test_follow import _Lines
 
 pytestmark = pytest.mark.ray
@@ -151,9 +151,7 @@ def test_follow_runs_micro_batches_as_messages_arrive_and_stops_on_sigterm(ray_c
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, process.stderr.read()[-2000:]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_child(process)
     ids = OfflineStore(Storage(str(tmp_path / "store"))).read_table(group).column("reading_id").to_pylist()
     assert len(ids) == len(set(ids)) == 10
 
