@@ -19,6 +19,7 @@ from training.catalog import model_specs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~6 min: beyond make test's budget
 
+PNG = b"\x89PNG\r\n\x1a\n"
 DEMO_MODELS = tuple(model_specs())  # every model of the example projects, which the demo loads with no project set
 
 
@@ -79,8 +80,31 @@ def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(tm
     assert sorted(summary["monitoring"]) == sorted(tabular)
     for name in tabular:
         monitoring = summary["monitoring"][name]
-        assert monitoring["with_outcome"] == 44 and monitoring["performance"] is not None
-        assert Path(monitoring["page"]).is_file()
+        # The rows shown, the same rows again through V2, and 40 more; outcomes came for the V1 requests.
+        assert (monitoring["predictions"], monitoring["with_outcome"]) == (48, 44)
+        assert monitoring["performance"] is not None
+        page = Path(monitoring["page"])
+        report = json.loads((page.parent / "report.json").read_text())
+        # Every input got a drift verdict (whether a few dozen rows look drifted is up to chance: the p-values of
+        # rows from the training distribution are uniform; the statistics' own tests check the false-alarm rate).
+        inputs = [i["name"] for i in json.loads((storage / "models" / name / "1" / "model.json").read_text())
+                  ["signature"]["inputs"]]
+        drift = report["versions"]["1"]["overall"]["drift"]
+        assert drift and set(drift) <= set(inputs), name
+        assert all(result["drifted"] in (True, False) for result in drift.values())
+        assert monitoring["drifted_features"] == sorted(n for n, result in drift.items() if result["drifted"])
+        assert name in page.read_text()
+        for plot in ("performance.png", "drift.png"):
+            assert (page.parent / plot).read_bytes().startswith(PNG), (name, plot)
+    fruit = summary["monitoring"]["fruit_classifier"]
+    fruit_drift = json.loads((Path(fruit["page"]).parent / "report.json").read_text())["versions"]["1"]["overall"]
+    assert sorted(fruit_drift["drift"]) == ["blue", "diameter_mm", "green", "red", "smoothness", "weight_g"]
+    accuracy = fruit["performance"]["metrics"]["accuracy"]
+    assert accuracy >= summary["models"]["fruit_classifier"]["metrics"]["accuracy"] - 0.1
+    assert (Path(fruit["page"]).parent / "confusion_over_time.png").read_bytes().startswith(PNG)
+    gauges = (Path(fruit["page"]).parent / "metrics.prom").read_text()
+    assert f'orchard_monitor_metric{{model="fruit_classifier",version="1",metric="accuracy"}} {accuracy:.10g}' \
+        in gauges
 
     deadline = time.monotonic() + 20
     while processes_mentioning(ray_temp) and time.monotonic() < deadline:

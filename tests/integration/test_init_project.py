@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +45,11 @@ def test_the_readme_walk_through_runs_the_project_orchard_init_writes(tmp_path, 
     prediction = json.loads(answer[answer.index("{"):answer.rindex("}") + 1])
     assert prediction["model"] == "returns_classifier" and prediction["version"] == 1
     assert prediction["predictions"][0]["label"] == "yes"  # a slow delivery ordered on the web is sent back
+    # `orchard serve` printed its replica's own address (direct ingress) beside the proxy's, and stopped cleanly
+    # on the script's `kill` (SIGTERM): `wait` gave 0, and Ray's own handler did not dump a stack trace.
+    direct = re.findall(r"http://127\.0\.0\.1:(\d+)", result.stdout.split("replicas answering directly")[1])
+    assert len(direct) == 1 and int(direct[0]) != port, result.stdout[-2000:]
+    assert "SIGTERM received" not in result.stderr
     deadline = time.monotonic() + 20
     while processes_mentioning(ray_temp) and time.monotonic() < deadline:
         time.sleep(0.5)
