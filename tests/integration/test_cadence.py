@@ -20,7 +20,7 @@ from orchard.storage import Storage
 
 pytestmark = [pytest.mark.ray]
 
-DAYS = 3
+DAYS = 2
 # The booking-cancellation view without the users' profile: those rows come from a SQL table that updates a user's
 # row in place, so the source itself forgets earlier versions; a backfill can only ever see the last one.
 CANCELLATION = FeatureView(
@@ -91,7 +91,7 @@ def test_a_selection_that_matches_no_label_row_names_itself_and_why(backfilled_a
                   derive=lambda t: t.append_column("zone", pa.array(["XX"] * t.num_rows, pa.string())))
     nowhere = FeatureView(name="nowhere", version=1, description="Prices of a zone that does not exist.", label=label,
                           selections=(Selection(ELECTRICITY_PRICES, ("price_eur_mwh",), join_keys={"zone": "zone"}),))
-    with pytest.raises(DatasetError, match=r"electricity_prices:1 \(price_eur_mwh\) matched none of the 750 label "
+    with pytest.raises(DatasetError, match=rf"electricity_prices:1 \(price_eur_mwh\) matched none of the {DAYS * 250} label "
                                            r"rows: no row's key matches the label rows' \['zone'\]"):
         create_training_dataset(backfill, nowhere, RandomSplit(seed=0))
     stale = FeatureView(name="stale", version=1, description="Prices valid for a microsecond.",

@@ -1,9 +1,6 @@
-"""`orchard demo` as a user runs it: a subprocess with a Ray of its own."""
+"""`orchard demo` as a user runs it: a subprocess with a Ray of its own (the session's `demo_run`)."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,10 +11,10 @@ import skops.io as sio
 
 from features.catalog import generators
 from features.transforms import TransformSet
-from tests.helpers import failure_looking_lines, free_port, processes_mentioning
+from tests.helpers import failure_looking_lines, processes_mentioning
 from training.catalog import model_specs
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~6 min: beyond make test's budget
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~9 min: beyond make test's budget
 
 PNG = b"\x89PNG\r\n\x1a\n"
 DEMO_MODELS = tuple(model_specs())  # every model of the example projects, which the demo loads with no project set
@@ -33,17 +30,8 @@ def _own_predictions(folder: Path, instances: list[dict]):
 
 
 @pytest.mark.timeout(960)
-def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(tmp_path, ray_temp):
-    storage = tmp_path / "store"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "RAY_"))}
-    env.update(RAY_TMPDIR=ray_temp, ORCHARD_NUM_CPUS="2")
-    orchard = Path(sys.executable).parent / "orchard"
-    port = free_port()
-    result = subprocess.run(
-        # Each generator's own amount and each network's own epochs: the apple photos' network needs its 15.
-        [str(orchard), "--storage", str(storage), "demo", "--days", "3", "--port", str(port), "--json"],
-        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
-    )
+def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(demo_run):
+    result, storage, ray_temp, port = demo_run.result, demo_run.storage, demo_run.ray_temp, demo_run.port
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import zipfile
 from collections import Counter
@@ -12,9 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fruit.generate import write_fruit
-from surf.generate import write_surf
-from surf.groups import FEATURE_GROUPS as SURF_GROUPS
-from typer.testing import CliRunner
 
 from features.catalog import get_view
 from features.datasets import RandomSplit, TrainingDataset, create_training_dataset
@@ -22,13 +18,12 @@ from features.pipeline import run_feature_pipeline
 from features.transforms import TransformSet
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
-from pipelines.cli import app
 from tests.helpers import crash_once_after_epoch_two
 from training.catalog import get_spec
 from training.flavors.keras import train_network
 from training.predictor import Predictor
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]  # two networks trained, ~3 min
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(960)]  # the demo may run first
 
 FRUIT_SPEC = get_spec("fruit_dnn_classifier")
 
@@ -39,16 +34,6 @@ def fruit_storage(ray_cluster, tmp_path_factory):
     write_fruit(storage, rows=600, seed=3)
     run_feature_pipeline(storage, get_view("fruit_classification").label.group)
     create_training_dataset(storage, get_view("fruit_classification"), RandomSplit(seed=0))
-    return storage
-
-
-@pytest.fixture(scope="module")
-def surf_storage(ray_cluster, tmp_path_factory):
-    storage = Storage(str(tmp_path_factory.mktemp("dnn-surf")))
-    write_surf(storage, rows=300, seed=4)
-    for group in SURF_GROUPS:
-        run_feature_pipeline(storage, group)
-    create_training_dataset(storage, get_view("surf_height"), RandomSplit(seed=0))
     return storage
 
 
@@ -106,47 +91,48 @@ def test_all_fruit_rows_are_used_with_the_label_encoders_classes(fruit_storage, 
 
 
 @pytest.fixture(scope="module")
-def networks_via_cli(fruit_storage, surf_storage):
-    """Both networks trained, evaluated and registered by `orchard train` (3 epochs each)."""
-    documents = {}
-    for storage, name in ((fruit_storage, "fruit_dnn_classifier"), (surf_storage, "surf_dnn_regressor")):
-        result = CliRunner().invoke(app, ["--storage", storage.root_uri, "train", name, "--epochs", "3",
-                                          "--alias", "production", "--json"])
-        assert result.exit_code == 0, result.output
-        documents[name] = json.loads(result.stdout)
-    return documents
+def demo_storage(demo_run, ray_cluster) -> Storage:
+    """Both networks as the session's `orchard demo` run trained, evaluated and registered them (`train_model`, as
+    `orchard train` runs it, each with its spec's epochs)."""
+    return Storage(str(demo_run.registered().storage))
 
 
-def test_both_networks_beat_their_baselines_and_are_registered(networks_via_cli):
-    for name, document in networks_via_cli.items():
-        assert (document["model"], document["flavor"], document["version"]) == (name, "keras", 1)
-        assert document["metrics"]["beats_baseline"], document["summary"]
-    assert networks_via_cli["fruit_dnn_classifier"]["metrics"]["test"]["accuracy"] > 0.9
-    assert networks_via_cli["surf_dnn_regressor"]["metrics"]["test"]["r2"] > 0.5
-    assert networks_via_cli["surf_dnn_regressor"]["hyperparameters"]["epochs"] == 3
+NETWORKS = ("fruit_dnn_classifier", "surf_dnn_regressor")
 
 
-def test_a_registered_network_holds_its_model_transforms_plots_and_history(fruit_storage, networks_via_cli):
-    registry = ModelRegistry(fruit_storage)
+def test_both_networks_beat_their_baselines_and_are_registered(demo_storage):
+    registry = ModelRegistry(demo_storage)
+    cards = {name: registry.get(name, "production").card for name in NETWORKS}
+    for name, card in cards.items():
+        assert (card["name"], card["flavor"], card["version"]) == (name, "keras", 1)
+        assert card["metrics"]["beats_baseline"], card["metrics"]
+        assert card["hyperparameters"]["epochs"] == get_spec(name).flavor.epochs
+    assert cards["fruit_dnn_classifier"]["metrics"]["test"]["accuracy"] > 0.9
+    assert cards["surf_dnn_regressor"]["metrics"]["test"]["r2"] > 0.5
+
+
+def test_a_registered_network_holds_its_model_transforms_plots_and_history(demo_storage):
+    registry = ModelRegistry(demo_storage)
     card = registry.get("fruit_dnn_classifier", "production").card
     assert card["artifact"] == "model.keras" and card["plots"] == ["learning_curve.png", "confusion_matrix.png"]
     with zipfile.ZipFile(io.BytesIO(registry.read_file("fruit_dnn_classifier", 1, "model.keras"))) as archive:
         assert {"config.json", "model.weights.h5"} <= set(archive.namelist())
-    assert [p["epoch"] for p in card["learning_curve"]["points"]] == [1, 2, 3]
+    epochs = card["hyperparameters"]["epochs"]
+    assert [p["epoch"] for p in card["learning_curve"]["points"]] == list(range(1, epochs + 1))
     assert card["lineage"]["versions"].get("tf-keras", "").startswith("2.21")
-    assert card["lineage"]["train_run"].startswith(fruit_storage.uri("train_runs"))
+    assert card["lineage"]["train_run"].startswith(demo_storage.uri("train_runs"))
     assert card["signature"]["classes"] == ["apple", "orange"]
     assert card["signature"]["outputs"][1] == {"name": "probabilities", "datatype": "FP64", "shape": [-1, 2]}
 
 
-def test_the_predictor_answers_what_the_stored_network_computes(fruit_storage, networks_via_cli):
+def test_the_predictor_answers_what_the_stored_network_computes(demo_storage):
     import tf_keras
 
-    registry = ModelRegistry(fruit_storage)
+    registry = ModelRegistry(demo_storage)
     predictor = Predictor.load(registry, "fruit_dnn_classifier")
-    rows = TrainingDataset.open(fruit_storage, get_view("fruit_classification")).read("test").take(10)
+    rows = TrainingDataset.open(demo_storage, get_view("fruit_classification")).read("test").take(10)
     instances = [{name: row[name] for name in predictor.feature_names} for row in rows]
-    folder = fruit_storage.path("models/fruit_dnn_classifier/1")
+    folder = demo_storage.path("models/fruit_dnn_classifier/1")
     network = tf_keras.models.load_model(f"{folder}/model.keras", compile=False)
     transforms = TransformSet.from_json(Path(f"{folder}/transforms.json").read_text())
     columns = predictor.signature["model_inputs"]
@@ -159,10 +145,10 @@ def test_the_predictor_answers_what_the_stored_network_computes(fruit_storage, n
     assert accuracy >= 0.8
 
 
-def test_the_surf_network_learns_and_leaves_the_buoy_id_out(surf_storage, networks_via_cli):
-    card = ModelRegistry(surf_storage).get("surf_dnn_regressor", 1).card
+def test_the_surf_network_learns_and_leaves_the_buoy_id_out(demo_storage):
+    card = ModelRegistry(demo_storage).get("surf_dnn_regressor", 1).card
     history = card["learning_curve"]["points"]
-    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert [m["epoch"] for m in history] == list(range(1, card["hyperparameters"]["epochs"] + 1))
     assert all(math.isfinite(m["mae"]) and math.isfinite(m["val_mae"]) for m in history)
     assert history[-1]["val_mae"] < history[0]["val_mae"]  # it learns something
     assert "buoy_id" not in card["signature"]["model_inputs"]

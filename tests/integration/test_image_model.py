@@ -1,6 +1,7 @@
 """Apple defects end to end: photos -> a convolutional network on Ray Train -> an image endpoint -> batch inference.
 
-One storage root, one trained network (~2 min of the slow tier), one Serve app of its own beside the session's.
+The network is the one the session's `orchard demo` run trained and registered (the photos' ingestion and its
+quarantine are test_image_pipeline.py's); one Serve app of its own beside the session's serves it from there.
 """
 
 from __future__ import annotations
@@ -13,41 +14,34 @@ import httpx
 import numpy as np
 import pytest
 from apple_images.generate import CLASSES, _apple, encode, write_apple_images
-from apple_images.groups import APPLE_PHOTOS, PHOTO
+from apple_images.groups import PHOTO
 from deltalake import DeltaTable
 from PIL import Image
 
-from features.catalog import get_view
-from features.datasets import RandomSplit, create_training_dataset
 from features.images import decode_image
-from features.pipeline import run_feature_pipeline
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
 from serve.batch import run_batch_inference, table_location
 from serve.prediction_log import read_predictions
 from training.predictor import Predictor
-from training.trainer import train_model
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(960)]  # the demo may run first
 
 MODEL = "apple_defect_cnn"
 APP = "apple_images"
 
 
 @pytest.fixture(scope="module")
-def apple_storage(ray_cluster, tmp_path_factory):
-    storage = Storage(str(tmp_path_factory.mktemp("apples")))
-    write_apple_images(storage, rows=900, seed=0, bad_fraction=0.05)
-    report = run_feature_pipeline(storage, APPLE_PHOTOS)
-    assert (report.rows_written, report.rows_quarantined) == (855, 45)
-    create_training_dataset(storage, get_view("apple_defects"), RandomSplit(seed=0))
-    return storage
+def apple_storage(demo_run, ray_cluster):
+    """The demo's storage: three days of 300 photos each, ingested, and the network trained on them."""
+    return Storage(str(demo_run.registered().storage))
 
 
 @pytest.fixture(scope="module")
 def trained(apple_storage):
-    """The network trained and registered as `orchard train` does it (the spec's 15 epochs)."""
-    return train_model(apple_storage, MODEL, alias="production")
+    """The network as the demo trained and registered it (`train_model`, the spec's 15 epochs, as `orchard train`)."""
+    card = ModelRegistry(apple_storage).get(MODEL, "production").card
+    return {"version": card["version"], "metrics": card["metrics"]}
 
 
 def test_the_network_clearly_beats_the_majority_class_on_held_out_photos(trained):
@@ -179,6 +173,8 @@ def test_what_is_not_a_photo_the_model_takes_gets_a_4xx_that_says_why(apple_app,
 
 
 def test_concurrent_uploads_are_answered_each_with_its_own_prediction(apple_app, apple_storage):
+    """A network's requests go through Serve's batching (`@serve.batch`): concurrent uploads share a call to the
+    network, and each still gets its own photo's answer."""
     proxy, _ = apple_app
     photos = _photos(apple_storage, 12)
     expected = Predictor.load(ModelRegistry(apple_storage), MODEL).predict([{"image": data} for _, data in photos])
@@ -203,20 +199,28 @@ def test_concurrent_uploads_are_answered_each_with_its_own_prediction(apple_app,
 
 
 def test_predictions_of_photos_are_logged_by_pixel_hash_not_pixels(apple_app, apple_storage):
-    proxy, _ = apple_app
-    (path, data), = _photos(apple_storage, 1, day="day-0001")
-    assert httpx.post(f"{proxy}/v1/models/{MODEL}:predict", files={"image": ("p.png", data)}, timeout=60).is_success
     import hashlib
     import time
 
-    digest = hashlib.sha256(decode_image(data, PHOTO).tobytes()).hexdigest()
+    proxy, _ = apple_app
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(decode_image(data, PHOTO).tobytes()).hexdigest()
+
+    def logged_with(sha256: str) -> list[dict]:
+        return [r for r in read_predictions(apple_storage, MODEL)
+                if any(i["image"].get("sha256") == sha256 for i in r["inputs"])]
+
+    # A photo no request has sent yet (the demo and the tests above sent some), so only this request can log it.
+    seen = {i["image"].get("sha256") for r in read_predictions(apple_storage, MODEL) for i in r["inputs"]}
+    data = next(data for _, data in _photos(apple_storage, 30, day="day-0003") if digest(data) not in seen)
+    assert httpx.post(f"{proxy}/v1/models/{MODEL}:predict", files={"image": ("p.png", data)}, timeout=60).is_success
     deadline = time.monotonic() + 20
     logged = []
     while time.monotonic() < deadline and not logged:
-        logged = [r for r in read_predictions(apple_storage, MODEL)
-                  if any(i["image"].get("sha256") == digest for i in r["inputs"])]
+        logged = logged_with(digest(data))
         time.sleep(0.5)
-    assert logged and logged[0]["inputs"][0]["image"] == {"sha256": digest, "shape": [64, 64, 3]}
+    assert logged and logged[0]["inputs"][0]["image"] == {"sha256": digest(data), "shape": [64, 64, 3]}
 
 
 # -- batch inference over a folder of photos

@@ -24,6 +24,7 @@ def readme_block(heading: str) -> str:
     return section[section.index("```bash\n") + len("```bash\n"):section.index("\n```", section.index("```bash"))]
 
 
+@pytest.mark.slow  # ~2 min: seven commands, each with a Ray of its own
 def test_the_readme_walk_through_runs_the_project_orchard_init_writes(tmp_path, ray_temp):
     """README's "Your own project" commands, as a new user types them in an empty folder: init, check, generate,
     features, dataset, train, serve, and an HTTP prediction with curl."""

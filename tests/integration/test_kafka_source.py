@@ -89,6 +89,7 @@ def _project_reading(tmp_path, topic_name: str):
     return project
 
 
+@pytest.mark.slow  # ~30 s: keeps `make test` within its 15 minutes
 def test_messages_are_written_exactly_once_across_a_crash_between_read_and_commit(ray_cluster, tmp_path, topic,
                                                                                   kafka_broker):
     name, group = topic

@@ -12,7 +12,7 @@ from orchard.registry import ModelRegistry
 from orchard.storage import Storage
 from tests.ray_head import ray_head_cluster
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # one `ray start` cluster for the module: ~4 min
 
 # The job's driver goes through orchard.runtime.ray_session, as every Orchard command does, runs ten tasks, and
 # prints one line of JSON about where it ran. Expected values are computed, so they never appear in the echoed
@@ -132,7 +132,6 @@ def trained_by_job(head_cluster, tmp_path_factory):
     return returncode, logs, Storage(storage), commit
 
 
-@pytest.mark.slow
 def test_both_models_train_and_register_through_a_submitted_job(trained_by_job):
     returncode, logs, storage, commit = trained_by_job
     assert returncode == 0, logs[-5000:]
@@ -160,7 +159,6 @@ def _test_rows(storage, name: str, count: int = 3) -> list[dict]:
     return [{f: row[f] for f in inputs} for row in rows if all(row[f] is not None for f in inputs)][:count]
 
 
-@pytest.mark.slow
 def test_serve_deploy_of_the_shipped_config_serves_the_registered_models(trained_by_job, head_cluster, tmp_path):
     """`serve deploy serve/config.yaml` as on a cluster: through the proxy, and at the replica's port that Serve's
     REST API lists for a load balancer."""

@@ -38,8 +38,6 @@ def app(ray_cluster, serve_url, session_config, tmp_path_factory):
             train_model(storage, name)
         registry.promote(name, 1, "production")
         registry.promote(name, 2, "staging")
-    # A network too, for the batched path (two epochs: this tests serving, not the network's quality).
-    train_model(storage, "fruit_dnn_classifier", epochs=2, force=True, alias="production")
     config = session_config.with_overrides(storage=storage.root_uri)
     url = deploy(config, name="versions", route_prefix="/versions", replica_cpus=0, alias_ttl_s=ALIAS_TTL_S,
                  canary={"fruit_classifier": {"staging": CANARY_SHARE}})
@@ -193,29 +191,3 @@ def test_prometheus_counts_requests_per_model_and_version_and_errors_by_status(a
                   if 'model="surf_regressor"' in line and 'status="422"' in line]
     assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 3
     assert errors and float(errors[0].rsplit(" ", 1)[1]) >= 1
-
-
-def test_concurrent_requests_to_a_network_are_batched_and_each_gets_its_own_answer(app):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from training.predictor import Predictor
-
-    url, storage = app
-    rows = _instances(storage, "fruit_dnn_classifier", count=32)
-    requests = [rows[i:i + 1 + i % 3] for i in range(0, 32, 2)]  # 16 requests of 1 to 3 rows, all different
-    expected = Predictor.load(ModelRegistry(storage), "fruit_dnn_classifier")
-
-    def ask(instances):
-        with httpx.Client() as client:
-            return _post(client, f"{url}/v1/models/fruit_dnn_classifier:predict", instances)
-
-    for _ in range(3):
-        with ThreadPoolExecutor(16) as pool:
-            responses = list(pool.map(ask, requests))
-        assert [r.status_code for r in responses] == [200] * len(requests)
-        for instances, response in zip(requests, responses):
-            served = response.json()["predictions"]
-            local = expected.predict(instances)
-            assert [p["label"] for p in served] == [p["label"] for p in local]
-            for mine, theirs in zip(served, local):
-                assert mine["probabilities"] == pytest.approx(theirs["probabilities"], rel=1e-5)

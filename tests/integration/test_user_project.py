@@ -26,7 +26,7 @@ from orchard.storage import Storage
 from tests.helpers import REPOSITORY, answers, free_port
 from tests.ray_head import ray_head_cluster
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # jobs on a `ray start` cluster: ~4.5 min
 
 FIXTURE = REPOSITORY / "tests" / "projects" / "greenhouse"
 MODELS = ("yield_ridge", "yield_resnet")
@@ -128,7 +128,6 @@ def test_orchard_check_in_the_project_folder_finds_it_from_pyproject(project_dir
     assert [m["model"] for m in check["models"]] == sorted(MODELS)
 
 
-@pytest.mark.slow
 def test_the_same_project_runs_as_jobs_on_a_ray_start_cluster(project_dir, tmp_path, greenhouse_loaded):
     storage = Storage(str(tmp_path / "cluster-storage"))
     steps = [
@@ -159,6 +158,5 @@ def test_the_same_project_runs_as_jobs_on_a_ray_start_cluster(project_dir, tmp_p
         assert status == "STOPPED", cluster.job_logs("serve")[-3000:]
 
 
-@pytest.mark.slow
 def test_no_file_of_orchard_changed(project_dir, repository_before):
     assert _repository_state() == repository_before
