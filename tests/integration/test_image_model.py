@@ -195,7 +195,7 @@ def test_concurrent_uploads_are_answered_each_with_its_own_prediction(apple_app,
     # concurrent uploads, and a network's kernels round differently for batches of different sizes).
     assert [answer["label"] for answer in served] == [prediction["label"] for prediction in expected]
     for answer, prediction in zip(served, expected):
-        assert answer["probabilities"] == pytest.approx(prediction["probabilities"], rel=1e-4, abs=1e-5)
+        assert answer["probabilities"] == pytest.approx(prediction["probabilities"], abs=1e-3)
 
 
 def test_predictions_of_photos_are_logged_by_pixel_hash_not_pixels(apple_app, apple_storage):
