@@ -91,8 +91,8 @@ def test_a_selection_that_matches_no_label_row_names_itself_and_why(backfilled_a
                   derive=lambda t: t.append_column("zone", pa.array(["XX"] * t.num_rows, pa.string())))
     nowhere = FeatureView(name="nowhere", version=1, description="Prices of a zone that does not exist.", label=label,
                           selections=(Selection(ELECTRICITY_PRICES, ("price_eur_mwh",), join_keys={"zone": "zone"}),))
-    with pytest.raises(DatasetError, match=rf"electricity_prices:1 \(price_eur_mwh\) matched none of the {DAYS * 250} label "
-                                           r"rows: no row's key matches the label rows' \['zone'\]"):
+    with pytest.raises(DatasetError, match=rf"electricity_prices:1 \(price_eur_mwh\) matched none of the "
+                                           rf"{DAYS * 250} label rows: no row's key matches the label rows' \['zone'\]"):
         create_training_dataset(backfill, nowhere, RandomSplit(seed=0))
     stale = FeatureView(name="stale", version=1, description="Prices valid for a microsecond.",
                         label=BOOKING_CANCELLATION.label,

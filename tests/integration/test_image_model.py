@@ -207,20 +207,18 @@ def test_predictions_of_photos_are_logged_by_pixel_hash_not_pixels(apple_app, ap
     def digest(data: bytes) -> str:
         return hashlib.sha256(decode_image(data, PHOTO).tobytes()).hexdigest()
 
-    def logged_with(sha256: str) -> list[dict]:
-        return [r for r in read_predictions(apple_storage, MODEL)
-                if any(i["image"].get("sha256") == sha256 for i in r["inputs"])]
-
     # A photo no request has sent yet (the demo and the tests above sent some), so only this request can log it.
     seen = {i["image"].get("sha256") for r in read_predictions(apple_storage, MODEL) for i in r["inputs"]}
     data = next(data for _, data in _photos(apple_storage, 30, day="day-0003") if digest(data) not in seen)
+    sha256 = digest(data)
     assert httpx.post(f"{proxy}/v1/models/{MODEL}:predict", files={"image": ("p.png", data)}, timeout=60).is_success
     deadline = time.monotonic() + 20
     logged = []
     while time.monotonic() < deadline and not logged:
-        logged = logged_with(digest(data))
+        logged = [r for r in read_predictions(apple_storage, MODEL)
+                  if any(i["image"].get("sha256") == sha256 for i in r["inputs"])]
         time.sleep(0.5)
-    assert logged and logged[0]["inputs"][0]["image"] == {"sha256": digest(data), "shape": [64, 64, 3]}
+    assert logged and logged[0]["inputs"][0]["image"] == {"sha256": sha256, "shape": [64, 64, 3]}
 
 
 # -- batch inference over a folder of photos
