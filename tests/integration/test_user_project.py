@@ -1,6 +1,6 @@
-"""A user's own project, in a folder outside the repository, through every step as jobs sent with `ray job submit`
-to a `ray start --head` cluster. No file of Orchard changes. (The same steps as local commands in a project's
-folder are the README walk-through's test, `test_init_project.py`.)
+"""A user's own project, in a folder outside the repository, through every step: as commands with a local Ray in
+the project's folder, and as jobs sent with `ray job submit` to a `ray start --head` cluster. No file of Orchard
+changes.
 
 The project (`tests/projects/greenhouse`, copied to a temporary folder) has two feature groups (CSV and SQL), a
 view joining them point-in-time, its own transformation, its own scikit-learn compatible estimator class and its
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,10 +24,10 @@ import pytest
 from orchard.projects import ProjectRef, activate, active
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
-from tests.helpers import REPOSITORY, answers, free_port
+from tests.helpers import REPOSITORY, answers, free_port, processes_mentioning
 from tests.ray_head import ray_head_cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # jobs on a `ray start` cluster: ~4.5 min
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each way ~4.5 min
 
 FIXTURE = REPOSITORY / "tests" / "projects" / "greenhouse"
 MODELS = ("yield_ridge", "yield_resnet")
@@ -126,6 +127,41 @@ def test_orchard_check_in_the_project_folder_finds_it_from_pyproject(project_dir
     assert check["ok"] and check["projects"] == [f"greenhouse ({project_dir / 'greenhouse'})"]
     assert [g["group"] for g in check["groups"]] == ["bed_climate:1", "plants:1"]
     assert [m["model"] for m in check["models"]] == sorted(MODELS)
+
+
+def test_a_project_outside_the_repository_runs_every_step_with_a_local_ray(project_dir, ray_temp, greenhouse_loaded):
+    env = _env(ray_temp)
+    for _ in range(2):
+        _orchard(project_dir, env, "generate", "greenhouse")
+    for group in ("plants", "bed_climate"):
+        report = json.loads(_orchard(project_dir, env, "features", "run", group, "--json").stdout)
+        assert report["rows_written"] > 0 and report["rows_quarantined"] == 0, report
+    dataset = json.loads(_orchard(project_dir, env, "datasets", "create", "plant_yield", "--json").stdout)
+    assert set(dataset["unmatched"].values()) == {0}, dataset
+    trained = json.loads(_orchard(project_dir, env, "train", *MODELS, "--alias", "production", "--json").stdout)
+    assert [(t["model"], t["registered"]) for t in trained] == [(m, True) for m in MODELS]
+    storage = Storage(str(project_dir / "orchard-data"))
+    _check_registered(storage)
+
+    port = free_port()
+    orchard = Path(sys.executable).parent / "orchard"
+    server = subprocess.Popen([str(orchard), "serve", "--port", str(port)], cwd=project_dir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while not answers(f"{url}/v2/health/ready") and time.monotonic() < deadline:
+            assert server.poll() is None, server.communicate()[1][-3000:]
+            time.sleep(1)
+        _check_served(url, storage)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=120)
+    assert server.returncode == 0
+    deadline = time.monotonic() + 20
+    while processes_mentioning(ray_temp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_mentioning(ray_temp) == []
 
 
 def test_the_same_project_runs_as_jobs_on_a_ray_start_cluster(project_dir, tmp_path, greenhouse_loaded):
