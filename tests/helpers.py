@@ -120,6 +120,15 @@ FAILURE_LOOKING = re.compile(r"(?i)\b(error|errors|warning|warnings|failed|failu
 """What a healthy run must not print: words that read as a failure, and the libraries' start-up notices."""
 
 
+def readme_block(heading: str, which: int = 0) -> str:
+    """The bash block number `which` (from 0) after `heading` in README.md."""
+    text = (REPOSITORY / "README.md").read_text()
+    start = text.index(heading)
+    for _ in range(which + 1):
+        start = text.index("```bash\n", start) + len("```bash\n")
+    return text[start:text.index("\n```", start)]
+
+
 def failure_looking_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if FAILURE_LOOKING.search(line)]
 

@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPOSITORY, failure_looking_lines, free_port, processes_mentioning
+from tests.helpers import failure_looking_lines, free_port, processes_mentioning, readme_block
 
 pytestmark = pytest.mark.e2e
-
-
-def readme_block(heading: str) -> str:
-    """The first ```bash block after `heading` in README.md."""
-    text = (REPOSITORY / "README.md").read_text()
-    section = text[text.index(heading):]
-    return section[section.index("```bash\n") + len("```bash\n"):section.index("\n```", section.index("```bash"))]
 
 
 @pytest.mark.slow  # ~2 min: seven commands, each with a Ray of its own

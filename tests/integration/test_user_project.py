@@ -24,8 +24,8 @@ import pytest
 from orchard.projects import ProjectRef, activate, active
 from orchard.registry import ModelRegistry
 from orchard.storage import Storage
-from tests.helpers import REPOSITORY, answers, free_port, processes_mentioning
-from tests.ray_head import ray_head_cluster
+from tests.helpers import REPOSITORY, answers, free_port, processes_mentioning, readme_block
+from tests.ray_head import RayHeadCluster, ray_head_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each way ~4.5 min
 
@@ -164,7 +164,25 @@ def test_a_project_outside_the_repository_runs_every_step_with_a_local_ray(proje
     assert processes_mentioning(ray_temp) == []
 
 
-def test_the_same_project_runs_as_jobs_on_a_ray_start_cluster(project_dir, tmp_path, greenhouse_loaded):
+def _wait_until_served(cluster: RayHeadCluster, submission_id: str, port: int) -> str:
+    """The URL of a serving job's app once it is ready; fails with the job's log if the job ends first."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while not answers(f"{url}/v2/health/ready") and time.monotonic() < deadline:
+        status = cluster.job_info(submission_id)["status"]
+        assert status in ("PENDING", "RUNNING"), cluster.job_logs(submission_id)[-3000:]
+        time.sleep(1)
+    return url
+
+
+@pytest.fixture(scope="module")
+def cluster(project_dir):
+    """A `ray start --head` cluster whose jobs get the project's folder as their working directory."""
+    with ray_head_cluster(num_cpus=2, working_dir=project_dir) as started:
+        yield started
+
+
+def test_the_same_project_runs_as_jobs_on_a_ray_start_cluster(cluster, tmp_path, greenhouse_loaded):
     storage = Storage(str(tmp_path / "cluster-storage"))
     steps = [
         ("generate-1", ["python", "-m", "pipelines.cli", "--storage", storage.root_uri, "generate", "greenhouse"]),
@@ -174,24 +192,44 @@ def test_the_same_project_runs_as_jobs_on_a_ray_start_cluster(project_dir, tmp_p
         ("dataset", ["python", "-m", "pipelines.datasets", "plant_yield", "--storage", storage.root_uri]),
         ("train", ["python", "-m", "pipelines.train", *MODELS, "--alias", "production", "--storage", storage.root_uri]),
     ]
-    with ray_head_cluster(num_cpus=2, working_dir=project_dir) as cluster:
-        for name, args in steps:
-            returncode, logs = cluster.submit(args, timeout=600, submission_id=name)
-            assert returncode == 0, f"job {name}:\n{logs[-4000:]}"
-        _check_registered(storage)
-        port = free_port()
-        cluster.start(["python", "-m", "pipelines.cli", "--storage", storage.root_uri, "serve", "--port", str(port)],
-                      submission_id="serve")
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while not answers(f"{url}/v2/health/ready") and time.monotonic() < deadline:
-                assert cluster.job_info("serve")["status"] in ("PENDING", "RUNNING"), cluster.job_logs("serve")[-3000:]
-                time.sleep(1)
-            _check_served(url, storage)
-        finally:
-            status = cluster.stop_job("serve")
-        assert status == "STOPPED", cluster.job_logs("serve")[-3000:]
+    for name, args in steps:
+        returncode, logs = cluster.submit(args, timeout=600, submission_id=name)
+        assert returncode == 0, f"job {name}:\n{logs[-4000:]}"
+    _check_registered(storage)
+    port = free_port()
+    cluster.start(["python", "-m", "pipelines.cli", "--storage", storage.root_uri, "serve", "--port", str(port)],
+                  submission_id="serve")
+    try:
+        _check_served(_wait_until_served(cluster, "serve", port), storage)
+    finally:
+        status = cluster.stop_job("serve")
+    assert status == "STOPPED", cluster.job_logs("serve")[-3000:]
+
+
+def test_the_readme_job_commands_run_the_project_orchard_init_writes(cluster, tmp_path, ray_temp):
+    """README's `ray job submit` lines ("Your own project") as written, in the folder `orchard init` writes, with this
+    cluster's address for HEAD:8265, a folder for /shared/orchard-data and a free port for 8000."""
+    script = readme_block("## Your own project", which=1)
+    assert script.count("ray job submit --address http://HEAD:8265 --working-dir . ") == 5, script
+    _orchard(tmp_path, _env(ray_temp), "init", "my-shop")
+    port, storage = free_port(), tmp_path / "shared-orchard-data"
+    script = (script.replace("http://HEAD:8265", cluster.address).replace("/shared/orchard-data", str(storage))
+              .replace("8000", str(port)))
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path / "my-shop", env=cluster.env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-3000:]}"
+    (serving,) = [job for job in cluster.request("GET", "/api/jobs/") if f"serve --port {port}" in job["entrypoint"]]
+    try:
+        url = _wait_until_served(cluster, serving["submission_id"], port)
+        order = {"basket_eur": 80, "items": 3, "delivery_days": 9, "channel": "web"}  # the README's curl line's
+        response = httpx.post(f"{url}/v1/models/returns_classifier:predict", json={"instances": [order]}, timeout=60)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert (answer["model"], answer["version"], answer["predictions"][0]["label"]) == ("returns_classifier", 1,
+                                                                                           "yes")
+    finally:
+        status = cluster.stop_job(serving["submission_id"])
+    assert status == "STOPPED", cluster.job_logs(serving["submission_id"])[-3000:]
 
 
 def test_no_file_of_orchard_changed(project_dir, repository_before):
