@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import pyarrow as pa
@@ -14,10 +14,12 @@ from orchard.errors import UsageError
 if TYPE_CHECKING:
     from features.images import ImageSource, ImageSpec
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,127}\Z")
+SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 EVENT_TIME_TYPE = pa.timestamp("us", tz="UTC")
+EARLIEST_EVENT_TIME = datetime(1970, 1, 2, tzinfo=timezone.utc)
+"""A group's default lower bound for event times: the epoch's first day is where zero and default dates land."""
 EVENT_DATE_COLUMN = "event_date"
 INGESTED_COLUMN = "_ingested"
 """Stored with every row of an aggregated group: the upstream table version of the run that wrote it. Of two rows
@@ -47,7 +49,7 @@ class Feature:
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
-            raise DefinitionError(f"feature name {self.name!r} must be lower_snake_case")
+            raise DefinitionError(f"feature name {self.name!r} must be lower_snake_case (at most 128 characters, starting with a letter)")
         if not self.description.strip():
             raise DefinitionError(f"feature {self.name!r} needs a description")
         if self.image is not None and self.dtype != pa.binary():
@@ -116,7 +118,7 @@ class SqlSource(_MapsColumns):
         return f"sql:{self.database}.{self.table}"
 
 
-KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")
 
 
 @dataclass(frozen=True)
@@ -214,12 +216,21 @@ class FeatureGroup:
     online: bool = False
     """Keep each key's latest row in the online store too (`features.online`), for predictions by entity key:
     materialized after every run of the group and by `orchard features materialize`."""
+    earliest_event_time: datetime = EARLIEST_EVENT_TIME
+    """A source row with an earlier event time is quarantined (a zero or default date, seconds read as
+    milliseconds)."""
+    max_event_time_ahead: timedelta = timedelta(days=2)
+    """A source row whose event time is further ahead of the moment it is checked is quarantined (a clock or time
+    zone error); a source that publishes ahead (tomorrow's prices) sets more."""
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
-            raise DefinitionError(f"feature group name {self.name!r} must be lower_snake_case")
+            raise DefinitionError(f"feature group name {self.name!r} must be lower_snake_case (at most 128 characters, starting with a letter)")
         if self.version < 1:
             raise DefinitionError(f"feature group {self.name!r}: version must be >= 1")
+        if self.earliest_event_time.tzinfo is None or self.max_event_time_ahead < timedelta(0):
+            raise DefinitionError(f"feature group {self.name!r}: earliest_event_time must carry a time zone and "
+                                  "max_event_time_ahead must not be negative")
         names = [f.name for f in self.features]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:

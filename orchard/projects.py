@@ -45,7 +45,7 @@ from orchard.errors import NotFoundError, ProjectError
 
 PROJECTS_ENV = "ORCHARD_PROJECTS"
 PYPROJECT = "pyproject.toml"
-_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 T = TypeVar("T")
 
@@ -58,6 +58,11 @@ class ProjectRef:
     folder: str | None = None
     source: str = ""
     """Where the entry came from (shown in errors)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, str) or not _MODULE_NAME.match(self.module):
+            raise ProjectError(f"project module name {self.module!r} (from {self.source or 'code'}) must be a dotted "
+                               "Python name (letters, digits and '_', not starting with a digit)")
 
     def describe(self) -> str:
         return f"{self.module} ({self.folder})" if self.folder else self.module

@@ -42,8 +42,8 @@ HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "r2": True, "mae": False
                     "loss": False}
 """Which way each metric is better: the registry's best version, and training's comparison with the baseline."""
 
-MODEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+MODEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
+ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 MANIFEST = "manifest.json"
 RESERVED_FILES = {"model.json", MANIFEST}
 CLAIM_ATTEMPTS = 100
@@ -114,8 +114,9 @@ def _now() -> str:
 
 
 def check_name(name: str, kind: str = "model", pattern: re.Pattern = MODEL_NAME) -> str:
-    if not pattern.match(name):
-        raise RegistryError(f"{kind} name {name!r} must be lower case letters, digits, '_' or '-'")
+    if not isinstance(name, str) or not pattern.match(name):
+        raise RegistryError(f"{kind} name {name!r} must be lower case letters, digits, '_' or '-' (at most 64, "
+                            "starting with a letter)")
     return name
 
 
@@ -372,7 +373,7 @@ class ModelRegistry:
             raise RegistryError(f"no model named {name!r} is registered")
         if reference is None:
             return default_version(self.aliases(name), versions)
-        if isinstance(reference, int) or str(reference).isdigit():
+        if isinstance(reference, int) or (str(reference).isascii() and str(reference).isdigit()):
             version = int(reference)
             if version not in versions:
                 raise RegistryError(f"model {name!r} has no version {version}; it has {versions}")

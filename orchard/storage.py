@@ -52,14 +52,15 @@ class Storage:
     def path(self, relative: str = "") -> str:
         """The path inside `self.fs` for a path relative to the root."""
         relative = relative.strip("/")
-        if ".." in relative.split("/"):
-            raise StorageError(f"path {relative!r} must not leave the storage root")
+        if ".." in relative.split("/") or "\x00" in relative:
+            raise StorageError(f"path {relative!r} must not leave the storage root or hold a NUL character")
         return posixpath.join(self.root, relative) if relative else self.root
 
     def uri(self, relative: str = "") -> str:
         """A full URI (or absolute local path) that Ray Data and deltalake accept."""
         if self.is_local:
             return self.path(relative)
+        self.path(relative)  # the same check: nothing outside the root
         return f"{self.root_uri}/{relative.strip('/')}" if relative else self.root_uri
 
     def relative(self, fs_path: str) -> str:

@@ -22,7 +22,7 @@ from training.flavors import Flavor
 
 Task = Literal["classification", "regression"]
 TASKS = ("classification", "regression")
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 
 
 class ModelSpecError(UsageError):

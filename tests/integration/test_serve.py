@@ -117,3 +117,28 @@ def test_the_replica_answers_directly_what_the_proxy_answers(serve_url, session_
     via_proxy = httpx.post(f"{serve_url}/v1/models/fruit_classifier:predict", json=body, timeout=30).json()
     direct = httpx.post(f"{urls[0]}/v1/models/fruit_classifier:predict", json=body, timeout=30).json()
     assert direct == via_proxy
+
+
+HOSTILE_PATHS = [
+    ("POST", "/v1/models/..%2F..%2Fetc%2Fpasswd:predict"),
+    ("POST", "/v1/models/%2e%2e:predict"),
+    ("POST", "/v1/models/fruit_classifier%0A:predict"),
+    ("POST", "/v1/models/fruit_classifier/versions/..%2F1:predict"),
+    ("POST", "/v1/models/fruit_classifier/versions/%C2%B2:predict"),
+    ("POST", "/v2/models/..%2Fsurf_regressor/infer"),
+    ("GET", "/v2/models/%2e%2e%2fmodels/versions/1"),
+    ("GET", "/ui/api/models/..%2F..%2Fetc"),
+    ("GET", "/ui/files/models/fruit_classifier/1/..%2F..%2F..%2F..%2Fetc%2Fpasswd"),
+    ("GET", "/ui/files/models/fruit_classifier/1/manifest.json"),
+    ("GET", "/ui/files/models/fruit_classifier/1/%2Fetc%2Fpasswd"),
+    ("GET", "/ui/files/monitoring/fruit_classifier/..%2F..%2Fmodels%2Ffruit_classifier%2Faliases.json"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), HOSTILE_PATHS, ids=[p for _, p in HOSTILE_PATHS])
+def test_names_in_paths_that_try_to_leave_their_folder_get_a_4xx_that_says_why(serve_url, trained_models, method,
+                                                                                path):
+    response = httpx.request(method, f"{serve_url}{path}", json={"instances": [{"red": 0.5}]}, timeout=30)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert response.json()["error"]
+    assert "root:" not in response.text and '"aliases"' not in response.text and "sha256" not in response.text
