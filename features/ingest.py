@@ -106,6 +106,9 @@ def _read_strings(data: bytes, source: FileSource, group: FeatureGroup):
 
 def _read_csv(data: bytes, wanted: list[str]):
     text = _decode(data)
+    if not text.strip():  # an empty file holds no records (as an empty JSON Lines file), not a missing header
+        empty = pa.table({name: pa.array([], pa.string()) for name in [*wanted, REASON_COLUMN, RAW_COLUMN]})
+        return empty, [], []
     invalid: list[tuple[str, str]] = []
 
     def on_invalid(row) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Iterable
 
 import pyarrow as pa
@@ -25,6 +26,8 @@ def check_expectations(table: pa.Table, group: FeatureGroup, reason: pa.Array | 
         reason = pa.nulls(table.num_rows, pa.string())
     for feature in (group.features if features is None else features):
         values = table.column(feature.name).combine_chunks()
+        if feature.name == group.event_time and group.aggregation is None:
+            reason = _check_event_time(reason, values, group)
         required = not feature.nullable or feature.name in (*group.primary_key, group.event_time)
         if required:
             reason = _mark(reason, pc.is_null(values), f"feature '{feature.name}' is missing")
@@ -46,3 +49,26 @@ def check_expectations(table: pa.Table, group: FeatureGroup, reason: pa.Array | 
             reason = _mark(reason, pc.invert(pc.fill_null(pc.is_finite(values), True)),
                            f"feature '{feature.name}' must be finite")
     return reason
+
+
+def _check_event_time(reason: pa.Array, values: pa.Array, group: FeatureGroup) -> pa.Array:
+    """Event times before the group's earliest, or further ahead of now than it allows, are not plausible."""
+    earliest = pa.scalar(group.earliest_event_time, values.type)
+    latest = datetime.now(timezone.utc) + group.max_event_time_ahead
+    seconds = pc.cast(pc.floor_temporal(values, unit="second"), pa.timestamp("s", tz="UTC"))
+    as_text = pc.fill_null(pc.strftime(seconds, format="%Y-%m-%dT%H:%M:%SZ"), "")
+    reason = _mark(reason, pc.less(values, earliest), pc.binary_join_element_wise(
+        f"event time '{group.event_time}' is before {group.earliest_event_time:%Y-%m-%d}, the group's earliest: ",
+        as_text, ""))
+    return _mark(reason, pc.greater(values, pa.scalar(latest, values.type)), pc.binary_join_element_wise(
+        f"event time '{group.event_time}' is more than {_duration(group.max_event_time_ahead)} ahead of the time it "
+        "was checked: ", as_text, ""))
+
+
+def _duration(span) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"

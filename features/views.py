@@ -71,7 +71,7 @@ class FeatureView:
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
-            raise DefinitionError(f"feature view name {self.name!r} must be lower_snake_case")
+            raise DefinitionError(f"feature view name {self.name!r} must be lower_snake_case (at most 128 characters, starting with a letter)")
         if self.version < 1:
             raise DefinitionError(f"feature view {self.name!r}: version must be >= 1")
         label_names = {f.name for f in self.label.group.features}

@@ -33,6 +33,10 @@ def test_a_good_csv_row_is_typed_and_carries_its_file_and_line():
         (b",2026-01-01T00:00:00,0.5,0.7,0.2,150,75,0.8,apple", "feature 'fruit_id' is missing"),
         (b"f2,2026-01-01T00:00:00,0.5,0.7,0.2,nan,75,0.8,apple", "feature 'weight_g' must be a number, got 'nan'"),
         (b"f2,2026-01-01", "line could not be parsed: expected 9 fields, got 2"),
+        (b"f2,1970-01-01T00:00:00,0.5,0.7,0.2,150,75,0.8,apple",
+         "event time 'measured_at' is before 1970-01-02, the group's earliest: 1970-01-01T00:00:00Z"),
+        (b"f2,2100-12-31T23:59:59,0.5,0.7,0.2,150,75,0.8,apple",
+         "event time 'measured_at' is more than 2 days ahead of the time it was checked: 2100-12-31T23:59:59Z"),
     ],
 )
 def test_a_bad_csv_row_is_kept_with_its_reason_and_line(line, reason):
@@ -83,7 +87,7 @@ def test_an_unreadable_file_becomes_one_file_level_rejection(data, source, reaso
 
 
 def test_parquet_files_are_read_through_the_same_checks():
-    table = pa.table({"fruit_id": ["p1", "p2"], "measured_at": pa.array([0, 0], pa.timestamp("ms")),
+    table = pa.table({"fruit_id": ["p1", "p2"], "measured_at": pa.array([1767225600000] * 2, pa.timestamp("ms")),
                       "red": [0.5, 7.0], "green": [0.5, 0.5], "blue": [0.1, 0.1], "weight_g": [150.0, 150.0],
                       "diameter_mm": [70.0, 70.0], "smoothness": [0.5, 0.5], "label": ["apple", "apple"]})
     import io
@@ -94,5 +98,10 @@ def test_parquet_files_are_read_through_the_same_checks():
     pq.write_table(table, buffer)
     source = SCALE.__class__(name="p", format="parquet", location="x", pattern="*.parquet")
     rows = parse_file(buffer.getvalue(), SourceFile("p", "d/z.parquet", 1, 1, 0), source, FRUIT).to_pylist()
-    assert rows[0]["_reason"] is None and str(rows[0]["measured_at"]) == "1970-01-01 00:00:00+00:00"
+    assert rows[0]["_reason"] is None and str(rows[0]["measured_at"]) == "2026-01-01 00:00:00+00:00"
     assert rows[1]["_reason"] == "feature 'red' must be at most 1, got 7"
+
+
+@pytest.mark.parametrize("data, source", [(b"", SCALE), (b"\n \n", SCALE), (b"", SORTING_LINE), (b"\n\n", SORTING_LINE)])
+def test_an_empty_file_holds_no_records_and_is_not_refused(data, source):
+    assert parse_file(data, SourceFile(source.name, "d/f", len(data), 1, 0), source, FRUIT).num_rows == 0
