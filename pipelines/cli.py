@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -41,8 +42,8 @@ def configure(
     verbose: bool = options.VERBOSE,
 ) -> None:
     """Orchard: from never-ending raw data to versioned prediction services, on Ray."""
-    if context.invoked_subcommand == "init":
-        context.obj = None  # a new project needs no configuration, and loading the current one could fail
+    if context.invoked_subcommand in ("init", "api-key"):
+        context.obj = None  # they need no configuration, and loading the current one could fail
         return
     context.obj = options.load_config(storage=storage, ray_address=ray_address, projects=projects, num_cpus=num_cpus,
                                       verbose=verbose)
@@ -81,8 +82,6 @@ def init(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a small new project (a CSV feature group, a view, a model, a data generator) that runs end to end."""
-    from pathlib import Path
-
     from pipelines.init import init_project, next_steps
 
     result = init_project(Path(folder), package)
@@ -407,8 +406,6 @@ def outcomes(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Record what really happened for earlier predictions, checked against the model's classes or target."""
-    from pathlib import Path
-
     from monitoring.outcomes import check_outcomes, read_outcome_file, store_outcomes
     from orchard.registry import ModelRegistry
     from orchard.storage import Storage
@@ -538,6 +535,15 @@ def models_best(
          f"({r['value']:.4g})" + (f"; {r['alias']} now points at it" if alias else ""))
 
 
+@app.command("api-key")
+def api_key_command() -> None:
+    """Print a new random API key (256 bits) for a keys file: `orchard api-key >> keys` (see `serve --api-keys-file`).
+    Keep the file out of version control, readable by its owner only."""
+    from serve.auth import new_key
+
+    print(new_key())
+
+
 @app.command("serve")
 def serve_command(
     context: typer.Context,
@@ -553,21 +559,34 @@ def serve_command(
                                       "default 120)."),
     proxy_location: str = typer.Option(None, "--proxy-location",
                                        help="EveryNode (Serve's default) or HeadOnly: where Serve's HTTP proxy runs."),
+    api_keys_file: Optional[Path] = typer.Option(None, "--api-keys-file",
+                                       help="A file of API keys, one per line (env ORCHARD_API_KEYS_FILE): every "
+                                            "request but the health probes then needs one (`orchard api-key`)."),
+    require_api_key: bool = typer.Option(False, "--require-api-key",
+                                         help="Refuse to serve without API keys (env ORCHARD_REQUIRE_API_KEY=1)."),
 ) -> None:
     """Serve every registered model over HTTP until interrupted (Ctrl-C)."""
 
     from orchard.runtime import ray_session
     from serve.app import deploy, replica_urls, stop_serving
+    from serve.auth import ApiKeys
 
     config = context.obj.with_overrides(serve_port=port, serve_host=host)
+    keys_file = str(api_keys_file.resolve()) if api_keys_file else None
+    keys = ApiKeys.from_settings(keys_file, require_api_key or None)  # replicas check again; a mistake shows here
+    access = {"api_keys_file": keys_file} if keys_file else {}
+    if require_api_key:
+        access["require_api_key"] = True
     stop = threading.Event()
     with ray_session(config, quiet=True):
         # After Ray starts: its core worker installs a handler of its own that dumps a stack trace and exits.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             url = deploy(config, proxy_location=proxy_location,
-                         **serving_scale(replicas, min_replicas, max_replicas, idle_s))
+                         **serving_scale(replicas, min_replicas, max_replicas, idle_s), **access)
             print(f"serving models from {config.storage} at {url} (docs at {url}/docs); Ctrl-C stops", flush=True)
+            if keys.enabled:
+                print("every request but the health probes needs an API key (Authorization: Bearer KEY)", flush=True)
             direct = replica_urls(wait_s=30)
             if direct:
                 print(f"replicas answering directly (faster, no proxy hop): {', '.join(direct)}", flush=True)

@@ -47,7 +47,7 @@ from orchard.config import OrchardConfig, normalize_storage_uri
 from orchard.errors import OrchardError
 from orchard.registry import ModelRegistry, RegistryError, default_version
 from orchard.storage import Storage
-from serve import protocol, request_context
+from serve import auth, protocol, request_context
 from serve.binary_tensors import TensorBinaryExtension
 from training.flavors import flavor_class
 from training.predictor import InputError, Predictor, image_inputs, validate_instances
@@ -67,6 +67,7 @@ class ErrorDocument(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {status: {"model": ErrorDocument, "description": meaning} for
                                                     status, meaning in {
     400: "The body cannot be read: malformed binary tensor data or a header that does not fit it.",
+    401: "The service requires an API key (`Authorization: Bearer KEY` or `x-api-key`) and none or a wrong one came.",
     404: "No such model, version, alias, feature view, or entity key.",
     413: "The body is larger than the service accepts.",
     422: "The request is well-formed but its instances, tensors or entities are not what the model takes.",
@@ -255,7 +256,8 @@ class BodySizeLimit:
 
 
 api.add_middleware(TensorBinaryExtension)
-api.add_middleware(BodySizeLimit)  # added last, so it runs first: no body over the limit is read or decoded
+api.add_middleware(BodySizeLimit)  # no body over the limit is read or decoded
+api.add_middleware(auth.ApiKeyAuth)  # added last, so it runs first: no request without a valid key is read at all
 
 
 # The helpers the deployments call are defined above them on purpose: Serve serializes the ingress class when
@@ -292,6 +294,12 @@ def _metrics():
                                   tag_keys=("model", "protocol", "status")),
         "latency": metrics.Histogram("orchard_predict_latency_ms", "Prediction latency in milliseconds.",
                                      boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000], tag_keys=tags),
+        "loads": metrics.Counter("orchard_model_loads", "Model versions loaded into a replica (one evicted by "
+                                 "max_models_per_replica and asked for again is loaded again).",
+                                 tag_keys=("model", "version")),
+        "batch": metrics.Histogram("orchard_predict_batch_requests",
+                                   "Requests answered by one call of a network (Serve's batching).",
+                                   boundaries=[1, 2, 4, 8, 16, 32, 64], tag_keys=("model", "version")),
     }
 
 
@@ -320,10 +328,14 @@ def refreeze() -> None:
 @serve.ingress(api)
 class PredictionService:
     def __init__(self, storage_uri: str, max_models_per_replica: int = 4, canary: dict | None = None,
-                 alias_ttl_s: float = ALIAS_TTL_S, log_predictions: bool = True, online_store: str | None = None):
+                 alias_ttl_s: float = ALIAS_TTL_S, log_predictions: bool = True, online_store: str | None = None,
+                 api_keys_file: str | None = None, require_api_key: bool | None = None):
         import os
 
         from serve.prediction_log import PredictionLog
+
+        # First: a replica that must require a key and has none fails here, before it could answer anything.
+        auth.configure(auth.ApiKeys.from_settings(api_keys_file, require_api_key))
 
         self._storage = Storage(storage_uri)
         # The online store's URL may hold a password: from the app's arguments or the replica's environment.
@@ -336,8 +348,10 @@ class PredictionService:
         async def load(model_id: str) -> Predictor:
             name, _, version = model_id.rpartition(":")
             # Loading reads and checks files and may import TensorFlow: off the event loop.
-            return await asyncio.get_running_loop().run_in_executor(None, _load_and_freeze, registry, name,
-                                                                    int(version))
+            predictor = await asyncio.get_running_loop().run_in_executor(None, _load_and_freeze, registry, name,
+                                                                         int(version))
+            self._metrics["loads"].inc(tags={"model": name, "version": str(version)})
+            return predictor
 
         # A function, not a bound method: the bound limit comes from the application's arguments.
         self._get_model = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(load)
@@ -457,6 +471,8 @@ class PredictionService:
         for model_id in dict.fromkeys(model_ids):
             indices = [i for i, wanted in enumerate(model_ids) if wanted == model_id]
             predictor = await self._get_model(model_id)
+            name, _, version = model_id.rpartition(":")
+            self._metrics["batch"].observe(len(indices), tags={"model": name, "version": str(version)})
             # A network's call takes milliseconds: in a thread, not on the event loop every connection shares.
             predictions = await asyncio.to_thread(predictor.predict, [row for i in indices for row in requests[i]],
                                                   validated=True)
@@ -590,6 +606,25 @@ class PredictionService:
 
         return HTMLResponse(await asyncio.to_thread(page))
 
+    @api.post("/ui/login", include_in_schema=False)
+    async def ui_login(self, request: Request) -> JSONResponse:
+        """The UI's page sends the key a user typed; a valid one comes back as an HttpOnly cookie for the app's
+        path, so that the page's requests and images carry it."""
+        keys = auth.active()
+        if not keys.enabled:
+            return JSONResponse({"login": "not needed: this service requires no API key"})
+        try:
+            key = json.loads(await request.body()).get("key")
+        except (ValueError, AttributeError):
+            key = None
+        if not isinstance(key, str) or not keys.accepts(key):
+            return _error(401, "the API key is not valid")
+        answer = JSONResponse({"login": "ok"})
+        secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+        answer.headers["set-cookie"] = auth.login_cookie(key, path=request.scope.get("root_path") or "/",
+                                                         secure=secure)
+        return answer
+
     @api.get("/ui/api/overview")
     async def ui_overview(self) -> dict:
         """Projects, feature groups (rows, freshness, quarantined rows), views and datasets, models."""
@@ -708,7 +743,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     `replica_cpus` (CPUs of each replica, default 0.5), `online_store` (the online store's URL; default the
     replicas' ORCHARD_ONLINE_STORE, else the SQLite file under a local storage root), `num_replicas` (a fixed
     number, default 1) or `autoscaling` (Serve's autoscaling config: min_replicas, max_replicas, ...;
-    `autoscaling_config` fills in the rest, and min_replicas 0 lets an idle app scale to zero).
+    `autoscaling_config` fills in the rest, and min_replicas 0 lets an idle app scale to zero), `api_keys_file`
+    (a file of API keys on every node; default the replicas' ORCHARD_API_KEYS_FILE) and `require_api_key`
+    (replicas that find no key refuse to start; default the replicas' ORCHARD_REQUIRE_API_KEY): `serve.auth`.
     """
     if not args.get("storage"):
         raise ValueError("the application needs the argument 'storage' (the storage root URI)")
@@ -719,9 +756,16 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if args.get("autoscaling"):
         options["autoscaling_config"] = autoscaling_config(args["autoscaling"])
     canary = check_canary(args.get("canary") or {})
+    require = args.get("require_api_key")
     return PredictionService.options(**options).bind(
         storage, int(args.get("max_models_per_replica", 4)), canary, float(args.get("alias_ttl_s", ALIAS_TTL_S)),
-        str(args.get("log_predictions", True)).lower() not in ("false", "0", "no"), args.get("online_store") or None)
+        _flag(args.get("log_predictions", True)), args.get("online_store") or None, args.get("api_keys_file") or None,
+        None if require is None else _flag(require))
+
+
+def _flag(value: Any) -> bool:
+    """A yes/no application argument, as YAML or a command line gives it."""
+    return str(value).strip().lower() not in ("false", "0", "no", "off", "")
 
 
 AUTOSCALING_DEFAULTS = {"target_ongoing_requests": 16, "upscale_delay_s": 10, "downscale_delay_s": 120}

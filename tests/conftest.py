@@ -133,6 +133,27 @@ def serve_url(trained_models, session_config):
     serve.shutdown()
 
 
+@pytest.fixture(scope="module")
+def guarded(serve_url, trained_models, session_config, tmp_path_factory):
+    """The session's storage served by a second app, "guarded", whose replica reads its keys (API_KEY) from a file:
+    its URLs (through the proxy, straight to the replica), the storage and the keys file."""
+    from ray import serve
+
+    from serve.app import deploy, replica_urls
+
+    storage, _ = trained_models
+    keys_file = tmp_path_factory.mktemp("keys") / "api_keys"
+    keys_file.write_text(f"# the test's key\n{API_KEY}\n")
+    proxy = deploy(session_config, name="guarded", route_prefix="/guarded", replica_cpus=0,
+                   api_keys_file=str(keys_file))
+    deadline = time.monotonic() + 60
+    while not answers(f"{proxy}/v2/health/ready") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    direct = replica_urls("guarded", wait_s=60)
+    yield {"urls": [proxy, *direct[:1]], "storage": storage, "keys_file": keys_file}
+    serve.delete("guarded")
+
+
 @pytest.fixture(params=["proxy", "direct"])
 def ingress_url(request, serve_url):
     """The app's address both ways a client reaches it: Serve's proxy, and straight to its replica (direct ingress).
@@ -152,6 +173,10 @@ def ingress_url(request, serve_url):
             return urls[0]
         time.sleep(0.2)
     raise AssertionError(f"the replica does not answer directly; its addresses: {replica_urls()}")
+
+
+API_KEY = "first-key-" + "a1" * 16
+OTHER_API_KEY = "second-key-" + "b2" * 16
 
 
 @dataclass(frozen=True)

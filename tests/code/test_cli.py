@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 
 COMMANDS = [[], ["demo"], ["generate"], ["features"], ["features", "list"], ["features", "run"], ["train"],
-            ["models"], ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "best"], ["serve"]]
+            ["models"], ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "best"], ["serve"],
+            ["api-key"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "orchard")

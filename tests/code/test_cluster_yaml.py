@@ -48,15 +48,18 @@ def test_every_node_starts_ray_with_token_auth_storage_on_s3_and_orchards_settin
 
     settings = {}
     for key, command in _start_commands(config).items():
-        for name, value in {**SERVE_ENV, "RAY_AUTH_MODE": "token", "TF_USE_LEGACY_KERAS": "1"}.items():
+        keys = {"ORCHARD_REQUIRE_API_KEY": "1", "ORCHARD_API_KEYS_FILE": "/home/ubuntu/.orchard/api_keys"}
+        for name, value in {**SERVE_ENV, **keys, "RAY_AUTH_MODE": "token", "TF_USE_LEGACY_KERAS": "1"}.items():
             assert f"{name}={value} " in command, (key, name)
         settings[key] = re.search(r"ORCHARD_STORAGE=(\S+) ", command).group(1)
     assert len(set(settings.values())) == 1 and next(iter(settings.values())).startswith("s3://"), settings
 
 
-def test_the_token_travels_as_a_file_and_no_secret_is_in_the_file(config):
+def test_the_token_and_api_keys_travel_as_files_and_no_secret_is_in_the_file(config):
     text = (ROOT / "cluster.yaml").read_text()
     assert config["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    assert config["file_mounts"]["/home/ubuntu/.orchard/api_keys"] == "~/.orchard/api_keys"
+    assert "chmod 600 /home/ubuntu/.ray/auth_token /home/ubuntu/.orchard/api_keys" in config["setup_commands"]
     assert not re.search(r"AKIA[0-9A-Z]{16}|AWS_SECRET_ACCESS_KEY|RAY_AUTH_TOKEN=", text)
     for spec in config["available_node_types"].values():
         assert "IamInstanceProfile" in spec["node_config"]  # the nodes' S3 access comes from a role

@@ -13,6 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from tests.conftest import API_KEY as KEY
+from tests.conftest import OTHER_API_KEY as NEW_KEY
 
 pytestmark = [pytest.mark.ray, pytest.mark.serve]
 
@@ -109,3 +111,26 @@ def test_the_ui_documents_and_files_refuse_what_is_not_theirs(serve_url):
     assert bad.status_code == 404 and "model name 'Bad.Name' must be lower case" in bad.text
     missing = httpx.get(f"{serve_url}/ui/files/models/fruit_classifier/1/model.skops", timeout=30)
     assert missing.status_code == 404 and "has no plot 'model.skops'" in missing.text
+
+
+def test_a_ui_that_needs_a_key_asks_for_it_once_and_then_shows_everything(browser, guarded):
+    """On an app with API keys the page asks for a key, refuses a wrong one, and with the right one shows the
+    overview, a model page and its plots (images, which a browser fetches with the cookie, not a header)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{guarded['urls'][0]}/ui")
+    field = _wait(browser, lambda d: d.find_element(By.ID, "api-key"))
+    assert "needs an API key" in browser.find_element(By.ID, "login-status").text
+    field.send_keys(NEW_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    _wait(browser, lambda d: "not valid" in d.find_element(By.ID, "login-status").text)
+    field.clear()
+    field.send_keys(KEY)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    _wait(browser, lambda d: d.find_element(By.LINK_TEXT, "fruit_classifier")).click()
+    _wait(browser, lambda d: d.find_element(By.ID, "predict-form"))
+    plots = browser.find_elements(By.CSS_SELECTOR, "img")
+    assert plots
+    _wait(browser, lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", p)
+                                 for p in plots))
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script on the page reads the key
