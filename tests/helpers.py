@@ -129,6 +129,17 @@ def readme_block(heading: str, which: int = 0) -> str:
     return text[start:text.index("\n```", start)]
 
 
+def serve_metric_lines(name: str, application: str) -> list[str]:
+    """The lines of the session Ray's Prometheus export for metric `name` (and its _bucket/_count/_sum series) of
+    one Serve application. Ray exports every few seconds: poll."""
+    import httpx
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return [line for line in text.splitlines() if line.startswith(name) and f'application="{application}"' in line]
+
+
 def failure_looking_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if FAILURE_LOOKING.search(line)]
 

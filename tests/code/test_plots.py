@@ -81,10 +81,25 @@ def test_all_zero_matrix_renders():
     assert fruit_matrix_plot([[0, 0, 0], [0, 0, 0], [0, 0, 0]]).startswith(PNG_SIGNATURE)
 
 
+# Between two dollar signs matplotlib parses mathtext, where an unknown command is a ValueError at rendering time:
+# these names render only if every text of the plot is drawn literally.
+NOT_MATH = r"$\notacommand$"
+
+
 def test_names_with_dollar_signs_are_drawn_literally_not_as_math():
-    png = learning_curve_png({"cost $": [(1, 2.0)], "$x": [(1, 3.0)]}, title="$", x_label="$a", y_label="b$")
-    assert png.startswith(PNG_SIGNATURE)
-    assert confusion_matrix_png([[1, 0], [0, 1]], ["$5", "$10"], title="price $").startswith(PNG_SIGNATURE)
+    curves = {f"cost {NOT_MATH}": [(1, 2.0)], "$x$ and $y": [(1, 3.0)]}
+    for labels in ({"title": NOT_MATH}, {"x_label": NOT_MATH}, {"y_label": NOT_MATH}, {}):
+        arguments = {"title": "t", "x_label": "x", "y_label": "y", **labels}
+        assert learning_curve_png(curves, **arguments).startswith(PNG_SIGNATURE)
+    assert confusion_matrix_png([[1, 0], [0, 1]], [NOT_MATH, "$10 or $20"], title=NOT_MATH).startswith(PNG_SIGNATURE)
+
+
+def test_the_mathtext_check_above_can_fail():
+    """The names above do fail to render where a text is parsed as math."""
+    figure = Figure()
+    figure.add_subplot().set_title(NOT_MATH)
+    with pytest.raises(ValueError, match="notacommand"):
+        figure.savefig(io.BytesIO(), format="png")
 
 
 def test_every_cell_shows_its_count():

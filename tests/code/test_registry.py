@@ -16,10 +16,6 @@ def _registry(root) -> ModelRegistry:
     return ModelRegistry(Storage(str(root)))
 
 
-def _register_one(root: str) -> int:
-    return ModelRegistry(Storage(root)).register("racer", {"w.bin": b"w"}, {"flavor": "test"}).version
-
-
 def _promote_one(root_and_alias: tuple[str, str]) -> None:
     root, alias = root_and_alias
     ModelRegistry(Storage(root)).promote("m", 1 + len(alias) % 2, alias)
@@ -65,13 +61,54 @@ def test_card_records_name_version_and_created_time(tmp_path):
     assert card["created_at"].endswith("+00:00")
 
 
-def test_concurrent_registrations_never_share_a_version(storage_root):
-    with ProcessPoolExecutor(max_workers=4) as pool:
-        versions = list(pool.map(_register_one, [storage_root] * 8))
-    assert sorted(versions) == list(range(1, 9))
+def _register_twice_racing(root: str, racer: int, barrier, results) -> None:
+    """Register two versions. Before the first claim, wait until every racer has read the versions, so that they
+    all go for the same number; count the claims lost (a publish onto a number another racer took)."""
+    registry = ModelRegistry(Storage(root))
+    read_versions, publish = registry.versions, registry.storage.publish_dir
+    lost, waited = [], []
+
+    def versions_then_wait(name: str) -> list[int]:
+        found = read_versions(name)
+        if not waited:
+            waited.append(True)
+            barrier.wait(timeout=60)
+        return found
+
+    def counting_publish(staging: str, target: str, marker: str) -> bool:
+        published = publish(staging, target, marker)
+        if not published:
+            lost.append(target)
+        return published
+
+    registry.versions, registry.storage.publish_dir = versions_then_wait, counting_publish
+    got = [registry.register("racer", {"w.bin": bytes([racer, i])}, {"flavor": "test"}).version for i in range(2)]
+    results.put((racer, got, len(lost)))
+
+
+def test_concurrent_registrations_collide_and_never_share_a_version(storage_root):
+    racers = 4
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(racers), context.Queue()
+    processes = [context.Process(target=_register_twice_racing, args=(storage_root, r, barrier, results))
+                 for r in range(racers)]
+    for process in processes:
+        process.start()
+    reports = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+    # They did collide: all four read "no version yet" and went for 1; three lost that claim at least once.
+    assert sum(lost for _, _, lost in reports) >= racers - 1, reports
+    versions = sorted(v for _, got, _ in reports for v in got)
+    assert versions == list(range(1, 2 * racers + 1))
     registry = _registry(storage_root)
-    assert registry.versions("racer") == list(range(1, 9))
-    assert [registry.read_file("racer", v, "w.bin") for v in versions] == [b"w"] * 8
+    assert registry.versions("racer") == versions
+    # Each version holds the files of the racer that claimed it, intact.
+    assert {v: registry.read_file("racer", v, "w.bin") for v in versions} == {
+        v: bytes([racer, i]) for racer, got, _ in reports for i, v in enumerate(got)}
+    for v in versions:
+        registry.verify("racer", v)
     assert not [n for n in registry.storage.list_dir("models/racer") if n.startswith(".staging")]
 
 

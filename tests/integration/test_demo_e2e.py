@@ -1,6 +1,10 @@
 """`orchard demo` as a user runs it: a subprocess with a Ray of its own (the session's `demo_run`)."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,7 +15,9 @@ import skops.io as sio
 
 from features.catalog import generators
 from features.transforms import TransformSet
-from tests.helpers import failure_looking_lines, processes_mentioning
+from orchard.registry import ModelRegistry
+from orchard.storage import Storage
+from tests.helpers import REPOSITORY, failure_looking_lines, free_port, processes_mentioning
 from training.catalog import model_specs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~9 min: beyond make test's budget
@@ -99,3 +105,34 @@ def test_demo_trains_and_serves_every_example_model_and_leaves_no_ray_process(de
     while processes_mentioning(ray_temp) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_mentioning(ray_temp) == []
+
+
+@pytest.mark.timeout(600)
+def test_the_demo_run_again_adds_the_next_day_and_registers_version_2(demo_run, tmp_path, ray_temp):
+    """README: "Run it again and it adds the next days of data and registers version 2" (on a copy of the session's
+    demo store, for the fruit project and its tree only)."""
+    storage = tmp_path / "store"
+    shutil.copytree(demo_run.registered().storage, storage)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCHARD_", "RAY_"))}
+    env.update(RAY_TMPDIR=ray_temp, ORCHARD_NUM_CPUS="2")
+    result = subprocess.run([str(Path(sys.executable).parent / "orchard"), "--storage", str(storage), "--project",
+                             str(REPOSITORY / "examples" / "fruit"), "demo", "--days", "1", "--model",
+                             "fruit_classifier", "--port", str(free_port()), "--json"],
+                            capture_output=True, text=True, timeout=540, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert failure_looking_lines(result.stderr) == []
+    summary = json.loads(result.stdout)
+    # Only the new day was read: the three days already in the table were not read again.
+    assert summary["features"]["fruit_measurements:1"]["rows_written"] == generators()["fruit"].default_rows
+    days = sorted(p.relative_to(storage).as_posix() for p in storage.glob("landing/**/day-*") if p.is_dir())
+    before = sorted(p.relative_to(demo_run.storage).as_posix() for p in demo_run.storage.glob("landing/**/day-*")
+                    if p.is_dir())
+    assert days == sorted([*before, "landing/fruit/day-0004"])
+    assert summary["models"] == {"fruit_classifier": summary["models"]["fruit_classifier"]}
+    assert summary["models"]["fruit_classifier"]["version"] == 2
+    assert summary["predictions"]["fruit_classifier"]["version"] == 2
+    registry = ModelRegistry(Storage(str(storage)))
+    assert registry.versions("fruit_classifier") == [1, 2]
+    assert registry.get("fruit_classifier", "production").version == 2
+    first, second = (registry.get("fruit_classifier", v).card["lineage"] for v in (1, 2))
+    assert (first["dataset_version"], second["dataset_version"]) == (1, 2), (first, second)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -23,6 +24,7 @@ from orchard.registry import ModelRegistry
 from orchard.storage import Storage
 from serve.batch import run_batch_inference, table_location
 from serve.prediction_log import read_predictions
+from tests.helpers import serve_metric_lines
 from training.predictor import Predictor
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(960)]  # the demo may run first
@@ -179,8 +181,10 @@ def test_concurrent_uploads_are_answered_each_with_its_own_prediction(apple_app,
     photos = _photos(apple_storage, 12)
     expected = Predictor.load(ModelRegistry(apple_storage), MODEL).predict([{"image": data} for _, data in photos])
     answers: dict[int, dict] = {}
+    start = threading.Barrier(len(photos))
 
     def send(index: int, data: bytes) -> None:
+        start.wait()
         response = httpx.post(f"{proxy}/v1/models/{MODEL}:predict", files={"image": ("p.png", data)}, timeout=60)
         answers[index] = response.json()["predictions"][0] if response.status_code == 200 else response.text
 
@@ -196,11 +200,21 @@ def test_concurrent_uploads_are_answered_each_with_its_own_prediction(apple_app,
     assert [answer["label"] for answer in served] == [prediction["label"] for prediction in expected]
     for answer, prediction in zip(served, expected):
         assert answer["probabilities"] == pytest.approx(prediction["probabilities"], abs=1e-3)
+    # And they were batched: the network was called fewer times than it answered requests (Serve's own count,
+    # requests per call of the network, exported to Prometheus every few seconds).
+    deadline, calls, requests = time.monotonic() + 30, 0, 0
+    while requests < len(photos) and time.monotonic() < deadline:
+        time.sleep(1)
+        lines = [line for line in serve_metric_lines("ray_orchard_predict_batch_requests", APP)
+                 if f'model="{MODEL}"' in line]
+        calls, requests = (sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                               if line.startswith(f"ray_orchard_predict_batch_requests_{part}{{"))
+                           for part in ("count", "sum"))
+    assert requests >= len(photos) and calls < requests, (calls, requests)
 
 
 def test_predictions_of_photos_are_logged_by_pixel_hash_not_pixels(apple_app, apple_storage):
     import hashlib
-    import time
 
     proxy, _ = apple_app
 

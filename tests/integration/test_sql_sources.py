@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pyarrow.compute as pc
 import pytest
@@ -148,3 +150,32 @@ def test_a_value_of_the_wrong_type_in_an_sqlite_column_is_one_quarantined_row(ra
     assert (report.rows_written, report.rows_quarantined) == (1, 1)
     (row,) = OfflineStore(storage).read_quarantine(BEACHES).to_pylist()
     assert row["reason"] == "feature 'facing_deg' must be a number, got 'west'"
+
+
+def test_a_password_in_a_database_url_reaches_no_table_log_or_error(ray_cluster, ray_temp_dir, tmp_path,
+                                                                     postgres_url):
+    """A real run with a password-bearing PostgreSQL URL (a role of its own, owner of a database of its own), then a
+    run whose URL names a database that does not exist: the password is in no file the runs wrote (tables, Delta
+    logs, quarantine, checkpoints), in no log of the session's Ray, and in no error."""
+    import uuid
+
+    password = f"pw-{uuid.uuid4().hex}"
+    role, database = f"reader_{uuid.uuid4().hex[:8]}", f"secret_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        connection.execute(f"CREATE DATABASE {database} OWNER {role}")
+    url = postgres_url.replace("postgresql://postgres:@/postgres?", f"postgresql://{role}:{password}@/{database}?", 1)
+    assert password in url and url != postgres_url
+    storage = Storage(str(tmp_path / "store"))
+    write_hotel(storage, rows=200, seed=3, databases={"hotel": url})
+    report = run_feature_pipeline(storage, USERS, {"hotel": url})
+    assert report.rows_written > 0
+    with pytest.raises(SqlSourceError) as failed:
+        run_feature_pipeline(storage, USERS, {"hotel": url.replace(f"/{database}?", "/no_such_database?")})
+    assert password not in str(failed.value) and "hotel" in str(failed.value)
+    written = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    logs = [p for p in Path(ray_temp_dir).rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err", ".json",
+                                                                                        ".txt")]
+    assert written and logs
+    holding = [str(p) for p in written + logs if password.encode() in p.read_bytes()]
+    assert holding == []
