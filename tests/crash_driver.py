@@ -68,4 +68,5 @@ if __name__ == "__main__":
     elif command == "job":
         job(arguments[0], arguments[1], arguments[2:])
     else:
-        raise SystemExit(f"unknown command {command!r}; expected: register STORAGE MODEL SEED | job ADDRESS STORAGE ARGS...")
+        raise SystemExit(f"unknown command {command!r}; expected: register STORAGE MODEL SEED, or job ADDRESS "
+                         "STORAGE ARGS...")
