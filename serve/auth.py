@@ -181,7 +181,7 @@ def route_path(scope: dict) -> str:
 
 class ApiKeyAuth:
     """ASGI middleware: a request without a valid key gets 401 before its body is read. Plain ASGI, like
-    `BodySizeLimit`, to keep the per-request cost low."""
+    `BodyLimits`, to keep the per-request cost low."""
 
     def __init__(self, app):
         self.app = app

@@ -105,10 +105,11 @@ def decode_request(body: bytes, header_length: int) -> tuple[dict, bool, set[str
     if not isinstance(request, dict):
         raise BinaryTensorError("the inference header must be a JSON object")
     offset = header_length
-    for tensor in request.get("inputs") or []:
+    inputs = request.get("inputs")
+    for tensor in inputs if isinstance(inputs, list) else []:
         if not isinstance(tensor, dict):
             continue  # the endpoint's validation names it
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _mapping(tensor.get("parameters")).get("binary_data_size")
         if size is None:
             continue
         if not isinstance(size, int) or size < 0 or offset + size > len(body):
@@ -125,10 +126,16 @@ def decode_request(body: bytes, header_length: int) -> tuple[dict, bool, set[str
     return request, all_binary, named
 
 
+def _mapping(value: Any) -> dict:
+    """`parameters` as given if it is an object, else {}: the endpoint's own validation names what is wrong."""
+    return value if isinstance(value, dict) else {}
+
+
 def wanted_binary(request: dict) -> tuple[bool, set[str]]:
-    everything = bool((request.get("parameters") or {}).get("binary_data_output", False))
-    named = {o.get("name") for o in request.get("outputs") or [] if isinstance(o, dict)
-             and (o.get("parameters") or {}).get("binary_data", everything)}
+    everything = bool(_mapping(request.get("parameters")).get("binary_data_output", False))
+    outputs = request.get("outputs")
+    named = {str(o.get("name")) for o in (outputs if isinstance(outputs, list) else []) if isinstance(o, dict)
+             and _mapping(o.get("parameters")).get("binary_data", everything)}
     return everything, named
 
 

@@ -1,5 +1,7 @@
-"""Helpers of the Serve app that need no Ray: which targets are the app's replicas; freezing after a load."""
+"""Helpers of the Serve app that need no Ray: which targets are the app's replicas; freezing after a load; how deeply a
+JSON body nests."""
 
+import pytest
 from ray.serve.schema import ServeInstanceDetails
 
 from serve.app import replica_addresses
@@ -67,3 +69,14 @@ def test_a_load_freezes_what_is_alive_and_frees_what_an_earlier_freeze_kept():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("body, depth", [
+    (b"1", 0), (b"[]", 1), (b'{"a": [[1], {"b": []}]}', 4), (b'["[[[", "]]]"]', 1),
+    (b'["a \\" [[ \\\\", [2]]', 2),  # an escaped quote stays inside its string; an escaped backslash ends nothing
+    (b"[" * 5000 + b"]" * 5000, 5000),
+])
+def test_json_depth_counts_nesting_outside_strings(body, depth):
+    from serve.app import json_depth
+
+    assert json_depth(body) == depth
