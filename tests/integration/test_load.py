@@ -1,0 +1,148 @@
+"""Steady load over real HTTP on an app of two replicas: one replica killed under it, and a soak of several
+minutes on raw features and entity keys. Every request is counted, failed ones included."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.integration.test_serve import _instances
+
+pytestmark = [pytest.mark.ray, pytest.mark.serve]
+
+CLIENTS = 4
+SOAK_S = 180
+
+
+@pytest.fixture(scope="module")
+def pair(serve_url, trained_models, session_config):
+    """The session's storage served by an app of two replicas, through Serve's proxy."""
+    from ray import serve
+
+    from serve.app import deploy
+
+    storage, _ = trained_models
+    url = deploy(session_config, name="pair", route_prefix="/pair", replica_cpus=0, num_replicas=2)
+    deadline = time.monotonic() + 120
+    while len(_replicas()) < 2 or httpx.get(f"{url}/v2/health/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, _replicas()
+        time.sleep(0.5)
+    yield url, storage
+    serve.delete("pair")
+
+
+def _replicas() -> list[str]:
+    """The names of the pair app's live replica actors."""
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith("SERVE_REPLICA::pair#"))
+
+
+def _replica_processes() -> list:
+    """The pair app's replica processes (Ray titles a replica's process `ray::ServeReplica:<app>:<deployment>`)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any("ServeReplica:pair:" in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+class Load:
+    """`CLIENTS` threads posting `bodies` in turn to `path` until stopped; every answer or failure with its time."""
+
+    def __init__(self, url: str, requests: list[tuple[str, dict]]):
+        self.url, self.requests = url, requests
+        self.answers: list[tuple[float, int | str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,)) for i in range(CLIENTS)]
+
+    def _client(self, offset: int) -> None:
+        turn = offset
+        with httpx.Client() as client:
+            while not self._stop.is_set():
+                path, body = self.requests[turn % len(self.requests)]
+                turn += 1
+                try:
+                    response = client.post(f"{self.url}{path}", json=body, timeout=30)
+                    outcome: int | str = response.status_code
+                except httpx.HTTPError as error:  # a refused or dropped connection is a failed request too
+                    outcome = type(error).__name__
+                self.answers.append((time.monotonic(), outcome))
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def failed(self, since: float = 0.0) -> list[tuple[float, int | str]]:
+        return [(t, outcome) for t, outcome in self.answers if t >= since and outcome != 200]
+
+
+def test_a_replica_killed_under_steady_load_costs_under_one_percent_of_requests(pair, capsys):
+    import ray
+
+    url, storage = pair
+    request = ("/v1/models/surf_regressor:predict", {"instances": _instances(storage, "surf_regressor", count=1)})
+    victim = _replicas()[0]
+    with Load(url, [request]) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        deadline = killed_at + 60
+        while time.monotonic() < deadline and (len(_replicas()) < 2 or victim in _replicas()):
+            time.sleep(0.5)
+        replaced_s = time.monotonic() - killed_at
+        time.sleep(5)
+    failed = load.failed()
+    total = len(load.answers)
+    assert total > 200, total
+    assert len(failed) / total < 0.01, (len(failed), total, Counter(outcome for _, outcome in failed))
+    assert all(t - killed_at < 10 for t, _ in failed), failed  # and none 10 s after the kill
+    assert replaced_s < 60, "Serve did not start a replacement replica"
+    with capsys.disabled():
+        print(f"\nreplica killed under load: {total} requests, {len(failed)} failed "
+              f"({Counter(o for _, o in failed)}), a replacement running {replaced_s:.1f} s after the kill")
+
+
+@pytest.mark.slow  # three minutes of load
+def test_a_soak_on_raw_features_and_entity_keys_has_no_errors_and_flat_memory(pair, capsys):
+    url, storage = pair
+    requests = [("/v1/models/fruit_classifier:predict",
+                 {"instances": _instances(storage, "fruit_classifier", count=4)}),
+                ("/v1/models/surf_regressor:predict", {"instances": _instances(storage, "surf_regressor", count=4)}),
+                ("/v1/models/surf_regressor:predict", {"entities": [{"beach_id": "ocean-beach"}, {"beach_id": "mavericks"}]})]
+    for path, body in requests:
+        answer = httpx.post(f"{url}{path}", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+    processes = _replica_processes()
+    assert len(processes) == 2, processes
+    memory: list[tuple[float, int]] = []
+    started = time.monotonic()
+    with Load(url, requests) as load:
+        while time.monotonic() - started < SOAK_S:
+            memory.append((time.monotonic() - started, sum(p.memory_info().rss for p in processes)))
+            time.sleep(5)
+    total = len(load.answers)
+    assert load.failed() == [], Counter(outcome for _, outcome in load.failed())
+    # Flat: the last minute's mean against the second minute's (the first warms caches and allocators).
+    second = [rss for t, rss in memory if 60 <= t < 120]
+    last = [rss for t, rss in memory if t >= SOAK_S - 60]
+    growth_mb = (sum(last) / len(last) - sum(second) / len(second)) / 2**20
+    assert growth_mb < 20, [(round(t), rss // 2**20) for t, rss in memory]
+    with capsys.disabled():
+        print(f"\nsoak: {total} requests in {SOAK_S} s ({total / SOAK_S:.0f}/s, {CLIENTS} clients), none failed; "
+              f"the two replicas' memory {memory[0][1] / 2**20:.0f} MB at the start, {last[-1] / 2**20:.0f} MB at "
+              f"the end, {growth_mb:+.1f} MB from the second minute to the last; every 30 s: "
+              f"{[rss // 2**20 for t, rss in memory if round(t) % 30 < 5]} MB")
