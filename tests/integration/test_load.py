@@ -122,7 +122,8 @@ def test_a_soak_on_raw_features_and_entity_keys_has_no_errors_and_flat_memory(pa
     requests = [("/v1/models/fruit_classifier:predict",
                  {"instances": _instances(storage, "fruit_classifier", count=4)}),
                 ("/v1/models/surf_regressor:predict", {"instances": _instances(storage, "surf_regressor", count=4)}),
-                ("/v1/models/surf_regressor:predict", {"entities": [{"beach_id": "ocean-beach"}, {"beach_id": "mavericks"}]})]
+                ("/v1/models/surf_regressor:predict",
+                 {"entities": [{"beach_id": "ocean-beach"}, {"beach_id": "mavericks"}]})]
     for path, body in requests:
         answer = httpx.post(f"{url}{path}", json=body, timeout=30)
         assert answer.status_code == 200, answer.text

@@ -284,8 +284,8 @@ def test_a_redis_restart_under_load_is_a_clear_503_then_the_same_answers_with_no
             except OnlineStoreError:
                 assert time.monotonic() < deadline, "redis-server did not start"
                 time.sleep(0.2)
-        app_url = deploy(session_config.with_overrides(storage=root), name="online-restart", route_prefix="/online-restart", replica_cpus=0,
-                         online_store=url)
+        app_url = deploy(session_config.with_overrides(storage=root), name="online-restart",
+                         route_prefix="/online-restart", replica_cpus=0, online_store=url)
         body = {"entities": [{"beach_id": beach} for beach in fresh]}
         deadline = time.monotonic() + 60
         while (before := httpx.post(f"{app_url}/v1/models/surf_regressor:predict", json=body, timeout=30)
