@@ -49,7 +49,9 @@ from features.ingest import (
 from features.runs import RunReport, new_run_id, record_run
 from features.sql import (
     Database,
+    SqlSourceError,
     check_text_watermarks,
+    database_failure,
     decode_watermark,
     encode_watermark,
     incremental_query,
@@ -319,7 +321,17 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
 
     inputs = [*_read_files(files, storage, group), *(_read_sql(read, group) for read in sql_reads),
               *(kafka.read(read, group) for read in kafka_reads)]
-    parsed = (inputs[0].union(*inputs[1:]) if len(inputs) > 1 else inputs[0]).materialize()
+    try:
+        parsed = (inputs[0].union(*inputs[1:]) if len(inputs) > 1 else inputs[0]).materialize()
+    except Exception as error:
+        failure = database_failure(error) if sql_reads else None
+        if failure is None:
+            raise
+        sources = ", ".join(sorted({f"{r.source.name} (database {r.database.name!r})" for r in sql_reads}))
+        # The driver's own message can hold a host or a user; its type says enough, and the URL stays out.
+        raise SqlSourceError(f"{group.ref}: reading SQL source {sources} failed ({type(failure).__name__}: the "
+                             "connection was lost or refused); nothing was committed, so run again once the "
+                             "database answers") from None
     valid = parsed.map_batches(lambda t: t.filter(pc.is_null(t[REASON_COLUMN])), batch_format="pyarrow").materialize()
     rejected = parsed.map_batches(lambda t: t.filter(pc.is_valid(t[REASON_COLUMN])), batch_format="pyarrow")
     unique = _deduplicate(valid, store, group).materialize()

@@ -96,6 +96,21 @@ def connect(database: Database):
         raise SqlSourceError(f"database {database.name!r}: cannot connect ({type(error).__name__})") from None
 
 
+def database_failure(error: BaseException) -> BaseException | None:
+    """The database driver's error (psycopg's or sqlite3's) in `error`'s chain of causes, if there is one: a Ray
+    task that read a source carries its worker's exception as the cause."""
+    import sqlite3
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        module = type(error).__module__ or ""
+        if isinstance(error, sqlite3.Error) or module.split(".")[0] == "psycopg":
+            return error
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
 def _exists(path: str) -> bool:
     from pathlib import Path
 

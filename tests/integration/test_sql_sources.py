@@ -179,3 +179,69 @@ def test_a_password_in_a_database_url_reaches_no_table_log_or_error(ray_cluster,
     assert written and logs
     holding = [str(p) for p in written + logs if password.encode() in p.read_bytes()]
     assert holding == []
+
+
+def test_a_postgresql_server_stopped_in_the_middle_of_runs_leaves_no_half_run_and_nothing_lost(ray_cluster,
+                                                                                                tmp_path, capsys):
+    """PostgreSQL stopped at a seeded random moment of five runs and started again after each: a run either
+    finishes or fails with an error that names the source, the table is always one that a whole run committed, and
+    the run after the restart brings it to exactly what undisturbed runs read from the same database, day by day."""
+    import random
+    import threading
+    import time
+
+    import pgserver
+
+    from tests.conftest import _alive
+
+    folder = tmp_path / "pgdata"
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    url = server.get_uri()
+    databases = {"hotel": url}
+    storage, reference = Storage(str(tmp_path / "store")), Storage(str(tmp_path / "reference"))
+    store = OfflineStore(storage)
+    rng = random.Random(20261203)
+    outcomes = []
+    try:
+        for day in range(5):
+            write_hotel(storage, rows=200, seed=10 + day, databases=databases)
+            started = time.monotonic()
+            run_feature_pipeline(reference, USERS, databases)  # the same day, undisturbed, into a second store
+            undisturbed_s = time.monotonic() - started
+            before = store.row_count(USERS) if store.exists(USERS) else 0
+            failure: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    run_feature_pipeline(storage, USERS, databases)
+                except BaseException as error:  # noqa: BLE001 - the test inspects it
+                    failure.append(error)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            time.sleep(rng.uniform(0.0, 0.8 * undisturbed_s))
+            pid = server.get_pid()
+            server.cleanup()  # PostgreSQL stops, mid-run or after it
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            thread.join(300)
+            if failure:
+                assert isinstance(failure[0], SqlSourceError) and "hotel" in str(failure[0]), repr(failure[0])
+                assert (store.row_count(USERS) if store.exists(USERS) else 0) == before  # nothing half-committed
+                outcomes.append("failed cleanly")
+            else:
+                outcomes.append("finished")
+            server = pgserver.get_server(folder, cleanup_mode="stop")
+            assert server.get_uri() == url
+            run_feature_pipeline(storage, USERS, databases)
+        key = list(USERS.primary_key) + [USERS.event_time]
+        rows = sorted(tuple(r[k] for k in key) for r in store.read_table(USERS).to_pylist())
+        expected = sorted(tuple(r[k] for k in key) for r in OfflineStore(reference).read_table(USERS).to_pylist())
+        assert rows == expected and len(set(rows)) == len(rows)
+        assert "failed cleanly" in outcomes, outcomes  # the stop did land inside a run
+    finally:
+        server.cleanup()
+    with capsys.disabled():
+        print(f"\nPostgreSQL stopped during runs: {outcomes}; after restarts {len(rows)} rows, equal to an "
+              "undisturbed run's")
