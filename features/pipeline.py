@@ -53,6 +53,7 @@ from features.sql import (
     check_text_watermarks,
     database_failure,
     decode_watermark,
+    describe_failure,
     encode_watermark,
     incremental_query,
     newest_null_row_id,
@@ -328,10 +329,8 @@ def _run_offline(storage: Storage, group: FeatureGroup, databases: Mapping[str, 
         if failure is None:
             raise
         sources = ", ".join(sorted({f"{r.source.name} (database {r.database.name!r})" for r in sql_reads}))
-        # The driver's own message can hold a host or a user; its type says enough, and the URL stays out.
-        raise SqlSourceError(f"{group.ref}: reading SQL source {sources} failed ({type(failure).__name__}: the "
-                             "connection was lost or refused); nothing was committed, so run again once the "
-                             "database answers") from None
+        raise SqlSourceError(f"{group.ref}: reading SQL source {sources} failed ({describe_failure(failure)}); "
+                             "nothing was committed: run again once the database answers") from None
     valid = parsed.map_batches(lambda t: t.filter(pc.is_null(t[REASON_COLUMN])), batch_format="pyarrow").materialize()
     rejected = parsed.map_batches(lambda t: t.filter(pc.is_valid(t[REASON_COLUMN])), batch_format="pyarrow")
     unique = _deduplicate(valid, store, group).materialize()

@@ -111,6 +111,19 @@ def database_failure(error: BaseException) -> BaseException | None:
     return None
 
 
+def describe_failure(error: BaseException) -> str:
+    """A database driver's error in words that hold no URL, host or password: a lost or refused connection as
+    such, any other error by PostgreSQL's primary message or SQLite's (which name tables and columns)."""
+    if (type(error).__module__ or "").split(".")[0] == "psycopg":
+        import psycopg
+
+        if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return f"{type(error).__name__}: the connection was lost or refused"
+        primary = getattr(getattr(error, "diag", None), "message_primary", None)
+        return f"{type(error).__name__}: {primary or 'the database refused the query'}"
+    return f"{type(error).__name__}: {error}"
+
+
 def _exists(path: str) -> bool:
     from pathlib import Path
 

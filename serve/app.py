@@ -143,6 +143,9 @@ async def _predict_request(request: Request) -> PredictRequest:
         document = json.loads(body) if body else None
     except ValueError as error:  # as FastAPI words it for the routes that declare their body
         raise RequestValidationError([{"loc": ("body",), "msg": f"JSON decode error: {error}"}]) from None
+    except RecursionError:  # a body that is not declared JSON skips the depth check: Python's parser gives up
+        raise RequestValidationError([{"loc": ("body",), "msg": f"the JSON body nests arrays and objects more "
+                                                                f"than {MAX_JSON_DEPTH} levels deep"}]) from None
     try:
         return PredictRequest.model_validate(document)
     except ValidationError as error:
@@ -261,7 +264,9 @@ class BodyLimits:
             return await self._refuse(scope, receive, send)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        is_json = headers.get(b"content-type", b"").split(b";")[0].strip() in (b"application/json", b"")
+        header_length = headers.get(b"inference-header-content-length", b"")  # V2's binary tensors: JSON first
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        is_json = kind in (b"application/json", b"") or kind.endswith(b"+json") or header_length.isdigit()
         if declared is not None and not is_json:
             return await self.app(scope, receive, send)  # the server holds the body to its declared length
         # Read it here, up to the limit (FastAPI would turn an error raised while it reads into a 400).
@@ -276,9 +281,10 @@ class BodyLimits:
                 return await self._refuse(scope, receive, send)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        header_length = headers.get(b"inference-header-content-length", b"")  # V2's binary tensors: JSON first
         document = body[:int(header_length)] if header_length.isdigit() else body
-        if is_json and json_depth(document) > self.max_depth:
+        if is_json and document.count(b"[") + document.count(b"{") > self.max_depth and (
+                await asyncio.to_thread(json_depth, document) if len(document) > 65536 else json_depth(document)
+        ) > self.max_depth:  # brackets counted in C first; a long scan off the event loop
             return await _error(422, f"the JSON body nests arrays and objects more than {self.max_depth} levels "
                                      "deep")(scope, receive, send)
         replayed = False
@@ -656,7 +662,7 @@ class PredictionService:
             return JSONResponse({"login": "not needed: this service requires no API key"})
         try:
             key = json.loads(await request.body()).get("key")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             key = None
         if not isinstance(key, str) or not keys.accepts(key):
             return _error(401, "the API key is not valid")

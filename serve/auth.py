@@ -58,9 +58,9 @@ def parse_keys(text: str, source: str) -> list[str]:
         key = line.split("#", 1)[0].strip()
         if not key:
             continue
-        if len(key) < MIN_KEY_LENGTH or any(c.isspace() for c in key):
-            raise ConfigError(f"{source}, line {number}: an API key must be at least {MIN_KEY_LENGTH} characters "
-                              "with no spaces (make one with `orchard api-key`)")
+        if len(key) < MIN_KEY_LENGTH or not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+            raise ConfigError(f"{source}, line {number}: an API key must be at least {MIN_KEY_LENGTH} printable ASCII "
+                              "characters with no spaces (make one with `orchard api-key`)")
         keys.append(key)
     return keys
 
@@ -84,20 +84,22 @@ class ApiKeys:
         none is found, or a key or the file is unusable."""
         environ = os.environ if environ is None else environ
         keys_file = keys_file or environ.get(KEYS_FILE_ENV) or None
-        if required is None:
-            required = environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes")
+        # The environment's requirement is a floor: an app's own `require_api_key: false` cannot lift a cluster's.
+        required = bool(required) or environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes")
         listed = tuple(parse_keys(environ.get(KEYS_ENV, "").replace(",", "\n"), KEYS_ENV))
-        keys = cls(keys_file=keys_file, listed=listed, required=bool(required))
+        keys = cls(keys_file=keys_file, listed=listed, required=required)
         keys._load()
-        if keys.required and not keys._digests:
+        if (keys.required or keys_file) and not keys._digests:
             where = f"{keys_file} holds no key" if keys_file else f"neither {KEYS_FILE_ENV} nor {KEYS_ENV} is set"
-            raise ConfigError(f"the service must require an API key ({REQUIRE_ENV} or require_api_key) but {where}; "
-                              "refusing to serve without one")
+            raise ConfigError(f"the service must require an API key ({REQUIRE_ENV}, require_api_key or a keys "
+                              f"file) but {where}; refusing to serve without one")
         return keys
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests) or self.required
+        """Keys are checked once any source of keys is configured: a keys file emptied later (the last key revoked,
+        or caught half-written) locks the service rather than opening it."""
+        return self.required or bool(self.keys_file) or bool(self.listed)
 
     def _load(self) -> None:
         keys = list(self.listed)

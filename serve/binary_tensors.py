@@ -101,7 +101,10 @@ def decode_request(body: bytes, header_length: int) -> tuple[dict, bool, set[str
     if not 0 <= header_length <= len(body):
         raise BinaryTensorError(f"Inference-Header-Content-Length {header_length} is outside the body's "
                                 f"{len(body)} bytes")
-    request = json.loads(body[:header_length]) if header_length else {}
+    try:
+        request = json.loads(body[:header_length]) if header_length else {}
+    except RecursionError:
+        raise BinaryTensorError("the inference header nests arrays and objects too deeply") from None
     if not isinstance(request, dict):
         raise BinaryTensorError("the inference header must be a JSON object")
     offset = header_length
@@ -182,8 +185,8 @@ class TensorBinaryExtension:
                 request = json.loads(body)
                 if isinstance(request, dict):
                     all_binary, named = wanted_binary(request)
-            except (ValueError, UnicodeDecodeError):
-                pass  # not JSON: the endpoint says so
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                pass  # not JSON, or nested too deeply: the endpoint says so
         wants_binary = all_binary or bool(named)
         kind = headers.get(b"content-type", b"").strip()
         rewritten = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length", HEADER_LENGTH)]

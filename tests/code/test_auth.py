@@ -46,13 +46,24 @@ def test_no_key_means_no_check_unless_keys_are_required(tmp_path):
     for required in ({"required": True, "environ": {}}, {"environ": {auth.REQUIRE_ENV: "1"}}):
         with pytest.raises(ConfigError, match="must require an API key .* neither ORCHARD_API_KEYS_FILE nor"):
             auth.ApiKeys.from_settings(**required)
-    with pytest.raises(ConfigError, match="api_keys holds no key; refusing to serve"):
-        auth.ApiKeys.from_settings(str(_keys_file(tmp_path, "# nobody yet")), required=True, environ={})
+    for required in (True, False):  # a keys file that holds no key is refused even when keys are not required
+        with pytest.raises(ConfigError, match="api_keys holds no key; refusing to serve"):
+            auth.ApiKeys.from_settings(str(_keys_file(tmp_path, "# nobody yet")), required=required, environ={})
+
+
+def test_the_environments_requirement_is_a_floor_an_app_argument_cannot_lift():
+    with pytest.raises(ConfigError, match="must require an API key"):
+        auth.ApiKeys.from_settings(required=False, environ={auth.REQUIRE_ENV: "1"})
+
+
+def test_a_key_of_other_than_printable_ascii_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="line 1: an API key must be at least 16 printable ASCII"):
+        auth.ApiKeys.from_settings(str(_keys_file(tmp_path, "schlüssel-" + "x" * 16)), environ={})
 
 
 def test_a_short_key_is_refused_by_its_line_never_by_its_value(tmp_path):
     path = _keys_file(tmp_path, KEY, "tooshort123")
-    with pytest.raises(ConfigError, match=r"api_keys, line 2: an API key must be at least 16 characters") as error:
+    with pytest.raises(ConfigError, match=r"api_keys, line 2: an API key must be at least 16 printable") as error:
         auth.ApiKeys.from_settings(str(path), environ={})
     assert "tooshort123" not in str(error.value)
 
@@ -72,6 +83,8 @@ def test_a_changed_file_is_read_again_and_a_bad_edit_keeps_the_keys(tmp_path, mo
     assert keys.accepts(OTHER)
     path.unlink()
     assert keys.accepts(OTHER)
+    path.write_text("# every key revoked\n")  # the last key revoked (or the file caught half-written): locked
+    assert keys.enabled and not keys.accepts(OTHER) and not keys.accepts(KEY)
 
 
 @pytest.mark.parametrize(("headers", "found"), [
@@ -137,7 +150,34 @@ def test_the_middleware_refuses_without_a_valid_key_and_says_how_to_send_one(tmp
     assert _through_middleware(keys, "/v1/models/m:predict", {"authorization": f"Bearer {KEY}"}).text == "inside"
     for open_path in sorted(auth.OPEN_PATHS):
         assert _through_middleware(keys, open_path, {}).status_code == 200, open_path
-    assert _through_middleware(keys, "/v2/health/ready/../../v1/models", {}).status_code == 401
+    assert _through_middleware(auth.ApiKeys.from_settings(environ={}), "/v1/models", {}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v2/health/ready/../../v1/models", "/docs/../v1/models", "/ui/./../v1/models",
+                                  "/v2/health/live%2f..%2f..%2fv1%2fmodels", "//v1/models", "/V2/HEALTH/LIVE"])
+def test_a_path_that_only_looks_open_needs_a_key(tmp_path, path):
+    """Sent as raw ASGI scopes (an HTTP client would normalise the dot segments before sending)."""
+    keys = auth.ApiKeys.from_settings(str(_keys_file(tmp_path, KEY)), environ={})
+    reached, sent = [], []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": b"", "headers": []}
+    before = auth.active()
+    auth.configure(keys)
+    try:
+        asyncio.run(auth.ApiKeyAuth(inner)(scope, receive, send))
+    finally:
+        auth.configure(before)
+    assert reached == [] and sent[0]["status"] == 401, (path, reached, sent[:1])
     assert _through_middleware(auth.ApiKeys.from_settings(environ={}), "/v1/models", {}).status_code == 200
 
 

@@ -95,3 +95,19 @@ def test_database_urls_come_from_orchard_sql_variables_and_stay_out_of_repr():
                                         storage="/tmp/x")
     assert config.databases == {"hotel": "postgresql://u:pw@h/db"}
     assert "pw" not in repr(config)
+
+
+def test_a_driver_error_inside_a_ray_task_error_is_found_and_described_without_the_url():
+    import psycopg
+
+    from features.sql import database_failure, describe_failure
+
+    lost = psycopg.OperationalError('connection to server at "db.internal" (10.0.0.7) failed: FATAL: password '
+                                    'authentication failed for user "reader"')
+    wrapper = RuntimeError("a Ray task failed")
+    wrapper.__cause__ = lost
+    assert database_failure(wrapper) is lost
+    assert describe_failure(lost) == "OperationalError: the connection was lost or refused"
+    assert database_failure(RuntimeError("nothing of a database")) is None
+    missing = sqlite3.OperationalError("no such table: users")
+    assert describe_failure(missing) == "OperationalError: no such table: users"

@@ -86,6 +86,19 @@ def test_json_nested_too_deeply_is_refused_before_it_is_parsed(serve_url, traine
     assert f"more than {MAX_JSON_DEPTH} levels" in _explains_itself(response)
 
 
+@pytest.mark.parametrize("headers", [{"content-type": "text/plain"}, {"content-type": "Application/JSON"},
+                                     {"content-type": "application/octet-stream",
+                                      "inference-header-content-length": "LENGTH"}],
+                         ids=["text-plain", "mixed-case-json", "binary-extension-header"])
+def test_json_nested_too_deeply_under_another_content_type_is_a_4xx_too(serve_url, trained_models, headers):
+    body = '{"inputs": [{"name": "red", "data": ' + _nested(100_000) + "}]}"
+    headers = {k: str(len(body)) if v == "LENGTH" else v for k, v in headers.items()}
+    for path in ("/v1/models/fruit_classifier:predict", "/v2/models/fruit_classifier/infer"):
+        response = httpx.post(f"{serve_url}{path}", content=body, headers=headers, timeout=60)
+        assert 400 <= response.status_code < 500, (path, response.status_code, response.text[:300])
+        _explains_itself(response)
+
+
 def test_json_nested_within_the_limit_reaches_the_model_checks(serve_url, trained_models):
     import json
 

@@ -226,6 +226,7 @@ def test_a_postgresql_server_stopped_in_the_middle_of_runs_leaves_no_half_run_an
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             thread.join(300)
+            assert not thread.is_alive(), "a run went on for 5 minutes after PostgreSQL stopped"
             if failure:
                 assert isinstance(failure[0], SqlSourceError) and "hotel" in str(failure[0]), repr(failure[0])
                 assert (store.row_count(USERS) if store.exists(USERS) else 0) == before  # nothing half-committed
