@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from features.images import ImageSource, ImageSpec
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,127}\Z")
+NAME_RULE = "must be lower_snake_case (at most 128 characters, starting with a letter)"
 SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 EVENT_TIME_TYPE = pa.timestamp("us", tz="UTC")
@@ -49,7 +50,7 @@ class Feature:
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
-            raise DefinitionError(f"feature name {self.name!r} must be lower_snake_case (at most 128 characters, starting with a letter)")
+            raise DefinitionError(f"feature name {self.name!r} {NAME_RULE}")
         if not self.description.strip():
             raise DefinitionError(f"feature {self.name!r} needs a description")
         if self.image is not None and self.dtype != pa.binary():
@@ -225,7 +226,7 @@ class FeatureGroup:
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
-            raise DefinitionError(f"feature group name {self.name!r} must be lower_snake_case (at most 128 characters, starting with a letter)")
+            raise DefinitionError(f"feature group name {self.name!r} {NAME_RULE}")
         if self.version < 1:
             raise DefinitionError(f"feature group {self.name!r}: version must be >= 1")
         if self.earliest_event_time.tzinfo is None or self.max_event_time_ahead < timedelta(0):

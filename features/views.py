@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 
-from features.definitions import NAME_PATTERN, DefinitionError, FeatureGroup
+from features.definitions import NAME_PATTERN, NAME_RULE, DefinitionError, FeatureGroup
 
 
 class SensitiveFeatureError(DefinitionError):
@@ -71,7 +71,7 @@ class FeatureView:
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
-            raise DefinitionError(f"feature view name {self.name!r} must be lower_snake_case (at most 128 characters, starting with a letter)")
+            raise DefinitionError(f"feature view name {self.name!r} {NAME_RULE}")
         if self.version < 1:
             raise DefinitionError(f"feature view {self.name!r}: version must be >= 1")
         label_names = {f.name for f in self.label.group.features}

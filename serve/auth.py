@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import time
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+
+from starlette.responses import JSONResponse
 
 from orchard.errors import ConfigError
 
@@ -197,11 +198,9 @@ class ApiKeyAuth:
             return await self.app(scope, receive, send)
         message = ("this service needs an API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
                    if presented is None else "the API key sent is not valid")
-        body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Bearer realm="orchard"')]})
-        await send({"type": "http.response.body", "body": body})
+        refusal = JSONResponse({"error": message}, status_code=401,
+                               headers={"www-authenticate": 'Bearer realm="orchard"'})
+        await refusal(scope, receive, send)
 
 
 def login_cookie(key: str, *, path: str, secure: bool) -> str:

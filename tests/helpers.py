@@ -6,6 +6,7 @@ import os
 import random
 import re
 import socket
+import time
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -158,3 +159,43 @@ def crash_once_after_epoch_two(marker: str):
             os._exit(1)
 
     return after_epoch
+
+
+class Traffic:
+    """`clients` threads posting `requests` ((path, JSON body) pairs, in turn) to `url` until stopped. Every request
+    is kept as (time sent, time answered, status or the client error's name, body text): a refused or dropped
+    connection is a failed request too."""
+
+    def __init__(self, url: str, requests: list[tuple[str, dict]], clients: int = 1):
+        import threading
+
+        self.url, self.requests = url, requests
+        self.answers: list[tuple[float, float, int | str, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
+
+    def _client(self, offset: int) -> None:
+        import httpx
+
+        turn = offset
+        with httpx.Client() as client:
+            while not self._stop.is_set():
+                path, body = self.requests[turn % len(self.requests)]
+                turn += 1
+                sent = time.monotonic()
+                try:
+                    response = client.post(f"{self.url}{path}", json=body, timeout=30)
+                    outcome, text = response.status_code, response.text
+                except httpx.HTTPError as error:
+                    outcome, text = type(error).__name__, ""
+                self.answers.append((sent, time.monotonic(), outcome, text))
+
+    def __enter__(self) -> "Traffic":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)

@@ -13,16 +13,15 @@ and loaded without pickle) lives in the flavor (`training.flavors`):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from orchard.errors import UsageError
+from orchard.registry import MODEL_NAME  # a model's name names its folder in the registry
 from training.flavors import Flavor
 
 Task = Literal["classification", "regression"]
 TASKS = ("classification", "regression")
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 
 
 class ModelSpecError(UsageError):
@@ -48,7 +47,7 @@ class ModelSpec:
     """A `training.RetrainPolicy` for `orchard retrain` (None: the defaults, only `--force` retrains)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not MODEL_NAME.match(self.name):
             raise ModelSpecError(f"model name {self.name!r} must be lower case letters, digits, '_' or '-'")
         if not isinstance(self.view, str) or not self.view:
             raise ModelSpecError(f"model {self.name}: view must name a feature view, got {self.view!r}")

@@ -3,14 +3,13 @@ minutes on raw features and entity keys. Every request is counted, failed ones i
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
 import httpx
 import pytest
 
-from tests.helpers import answers
+from tests.helpers import Traffic, answers
 from tests.integration.test_serve import _instances
 
 pytestmark = [pytest.mark.ray, pytest.mark.serve]
@@ -65,42 +64,14 @@ def _replica_processes() -> list:
     return found
 
 
-class Load:
-    """`CLIENTS` threads posting `requests` in turn until stopped; every answer or failure, with the time the
-    request was sent."""
+class Load(Traffic):
+    """`CLIENTS` clients of steady traffic; a request counts by the time it was sent."""
 
     def __init__(self, url: str, requests: list[tuple[str, dict]]):
-        self.url, self.requests = url, requests
-        self.answers: list[tuple[float, int | str]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(i,)) for i in range(CLIENTS)]
-
-    def _client(self, offset: int) -> None:
-        turn = offset
-        with httpx.Client() as client:
-            while not self._stop.is_set():
-                path, body = self.requests[turn % len(self.requests)]
-                turn += 1
-                sent = time.monotonic()
-                try:
-                    response = client.post(f"{self.url}{path}", json=body, timeout=30)
-                    outcome: int | str = response.status_code
-                except httpx.HTTPError as error:  # a refused or dropped connection is a failed request too
-                    outcome = type(error).__name__
-                self.answers.append((sent, outcome))  # by the time it was sent
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+        super().__init__(url, requests, clients=CLIENTS)
 
     def failed(self, since: float = 0.0) -> list[tuple[float, int | str]]:
-        return [(t, outcome) for t, outcome in self.answers if t >= since and outcome != 200]
+        return [(sent, outcome) for sent, _, outcome, _ in self.answers if sent >= since and outcome != 200]
 
 
 def test_a_replica_killed_under_steady_load_costs_under_one_percent_of_requests(pair, capsys):

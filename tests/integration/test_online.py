@@ -260,13 +260,11 @@ def test_a_redis_restart_under_load_is_a_clear_503_then_the_same_answers_with_no
     """Predictions by entity key run steadily while the app's Redis stops and starts again (its data kept on disk):
     while it is down each answer is a 503 that names the online store and never its password, a materialization
     fails with the same clear error, and once it is back the answers are those from before, with nothing lost."""
-    import threading
-
     from ray import serve
 
     from features.online import OnlineStoreError
     from serve.app import deploy
-    from tests.helpers import free_port, stop_child
+    from tests.helpers import Traffic, free_port, stop_child
 
     _, fresh, _, _, root = fresh_surf
     storage = Storage(root)
@@ -293,20 +291,10 @@ def test_a_redis_restart_under_load_is_a_clear_503_then_the_same_answers_with_no
             assert time.monotonic() < deadline, before.text
             time.sleep(0.5)
         expected = before.json()["predictions"]
-        answers, stop = [], threading.Event()
+        traffic = Traffic(app_url, [("/v1/models/surf_regressor:predict", body)])
+        answers = traffic.answers  # (sent, answered, status, text): by the time each was answered here
 
-        def traffic():
-            with httpx.Client() as client:
-                while not stop.is_set():
-                    try:
-                        response = client.post(f"{app_url}/v1/models/surf_regressor:predict", json=body, timeout=30)
-                        answers.append((time.monotonic(), response.status_code, response.text))
-                    except httpx.HTTPError as error:
-                        answers.append((time.monotonic(), type(error).__name__, ""))
-
-        thread = threading.Thread(target=traffic)
-        thread.start()
-        try:
+        with traffic:
             time.sleep(1.0)
             stop_child(server)  # SIGTERM: Redis flushes its append-only file and exits
             stopped_at = time.monotonic()
@@ -317,22 +305,19 @@ def test_a_redis_restart_under_load_is_a_clear_503_then_the_same_answers_with_no
             restarted_at = time.monotonic()
             deadline = restarted_at + 30
             while time.monotonic() < deadline and not any(t > restarted_at and code == 200
-                                                          for t, code, _ in list(answers)):
+                                                          for _, t, code, _ in list(answers)):
                 time.sleep(0.2)
             time.sleep(1.0)
-        finally:
-            stop.set()
-            thread.join(60)
         assert password not in str(refused.value) and "Redis" in str(refused.value)
-        codes = Counter(code for _, code, _ in answers)
+        codes = Counter(code for _, _, code, _ in answers)
         assert set(codes) <= {200, 503}, codes
         assert codes[503] > 0, "the outage was not seen"
-        for t, code, text in answers:
+        for _, t, code, text in answers:
             if code == 503:
                 assert stopped_at - 0.5 < t and "online store" in text and password not in text, text
             else:
                 assert json.loads(text)["predictions"] == expected
-        after_restart = [t for t, code, _ in answers if code == 200 and t > restarted_at]
+        after_restart = [t for _, t, code, _ in answers if code == 200 and t > restarted_at]
         assert after_restart, "no request succeeded within 30 s of the restart"
         recovered = min(after_restart)
         assert recovered - restarted_at < 10
