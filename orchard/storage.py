@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import fcntl
 import fnmatch
+import functools
 import hashlib
 import json
 import os
 import posixpath
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,9 +25,28 @@ import pyarrow.fs as pafs
 
 from orchard.errors import OrchardError
 
+CONDITIONAL_PUT_ATTEMPTS = 8  # over about 15 s: an object store restarting, or a network fault, is bridged
+
 
 class StorageError(OrchardError):
     """A storage operation failed; the message names the path."""
+
+
+def _named(action: str):
+    """A storage call that fails raises a StorageError naming what it did and where, not the file system library's
+    own OSError (an object store that is away, a refused permission): callers and the CLI handle one error type.
+    A missing file stays FileNotFoundError."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, relative, *args, **kwargs):
+            try:
+                return method(self, relative, *args, **kwargs)
+            except (FileNotFoundError, FileExistsError):
+                raise
+            except OSError as error:  # pyarrow's messages name the bucket and key, never the credentials
+                raise StorageError(f"cannot {action} {self.uri(relative)}: {error}") from None
+        return wrapper
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -67,9 +88,11 @@ class Storage:
         return posixpath.relpath(fs_path, self.root)
 
     # -- queries ------------------------------------------------------------------
+    @_named("read")
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
 
+    @_named("list")
     def list_dir(self, relative: str) -> list[str]:
         """Names directly inside a folder; an absent folder is empty."""
         try:
@@ -92,6 +115,7 @@ class Storage:
         yield from sorted(entries, key=lambda e: e.path)
 
     # -- reads and writes -----------------------------------------------------------
+    @_named("read")
     def read_bytes(self, relative: str) -> bytes:
         try:
             with self.fs.open_input_stream(self.path(relative)) as stream:
@@ -106,6 +130,7 @@ class Storage:
         except json.JSONDecodeError as error:
             raise StorageError(f"{self.uri(relative)} is not valid JSON: {error}") from None
 
+    @_named("write")
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write a file so that readers see either the old or the whole new content."""
         target = self.path(relative)
@@ -121,17 +146,21 @@ class Storage:
     def write_json(self, relative: str, value: Any) -> None:
         self.write_bytes(relative, _json_bytes(value))
 
+    @_named("write")
     def make_dir(self, relative: str) -> None:
         self.fs.create_dir(self.path(relative), recursive=True)
 
+    @_named("delete")
     def delete_dir(self, relative: str) -> None:
         if self.exists(relative):
             self.fs.delete_dir(self.path(relative))
 
+    @_named("delete")
     def delete_file(self, relative: str) -> None:
         if self.exists(relative):
             self.fs.delete_file(self.path(relative))
 
+    @_named("publish")
     def publish_dir(self, staging: str, final: str, marker: str) -> bool:
         """Make the fully written folder `staging` visible as `final` at once; False if `final` was taken.
 
@@ -160,11 +189,11 @@ class Storage:
         self.delete_dir(staging)
         return True
 
-    def _all_files(self, relative: str) -> Iterator[FileEntry]:
+    @_named("list")
+    def _all_files(self, relative: str) -> list[FileEntry]:
         selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
-        for entry in self.fs.get_file_info(selector):
-            if entry.type == pafs.FileType.File:
-                yield FileEntry(self.relative(entry.path), entry.size, entry.mtime_ns or 0)
+        return [FileEntry(self.relative(entry.path), entry.size, entry.mtime_ns or 0)
+                for entry in self.fs.get_file_info(selector) if entry.type == pafs.FileType.File]
 
     # -- conditional writes: claims and compare-and-swap -------------------------------
     def create_exclusive(self, relative: str, data: bytes) -> bool:
@@ -290,24 +319,72 @@ class Storage:
 
         return boto3.session.Session().client("s3")
 
+    @cached_property
+    def _conditional_client(self):
+        """A client that does not retry by itself: see `_conditional_put`."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client("s3", config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
+                                                                  connect_timeout=10, read_timeout=60))
+
     def _s3_put(self, relative: str, data: bytes, **condition: str) -> str | None:
         """PUT, with a condition if given; the new ETag, or None when the condition did not hold."""
+        if condition:
+            return self._conditional_put(relative, data, condition)
         client, bucket, key = self._s3_client(), *self._s3_key(relative)
         try:
-            return client.put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
-        except client.exceptions.ClientError as error:
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            # 412: the condition failed; 409: a concurrent conditional write to the same key is in progress;
-            # 404 on If-Match: the document is gone, so it no longer has the tag
-            if condition and (status in (409, 412) or (status == 404 and "IfMatch" in condition)):
-                return None
-            raise StorageError(f"cannot write {self.uri(relative)}: {_s3_error(error)}") from None
+            return client.put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
         except Exception as error:  # noqa: BLE001 - no credentials, no endpoint, ...: botocore's own errors
             raise StorageError(f"cannot write {self.uri(relative)}: {_s3_error(error)}") from None
+
+    def _conditional_put(self, relative: str, data: bytes, condition: dict[str, str]) -> str | None:
+        """A conditional PUT that survives a lost answer.
+
+        When the connection drops after the server wrote but before its answer arrived (a server restart, a network
+        fault), a plain retry finds the writer's own object and fails its condition: a claim would look taken by
+        someone else and a compare-and-swap would apply its change twice. So these PUTs are retried here, not by
+        botocore, and after an answer that never came the object is read back: holding exactly these bytes, the
+        write was this one's (the bytes of a claim or a swap hold the writer's own content, so two writers' bytes
+        differ in practice). Returns the new ETag, or None when the condition did not hold."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._s3_client()  # the same check: an s3:// root
+        client, bucket, key = self._conditional_client, *self._s3_key(relative)
+        problem = "no answer"
+        for attempt in range(CONDITIONAL_PUT_ATTEMPTS):
+            if attempt:
+                time.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
+                try:
+                    current, tag = self.read_tagged(relative)
+                except StorageError:
+                    continue  # the store is still away
+                if current == data:
+                    return tag  # the lost answer's write happened
+                if "IfNoneMatch" in condition and current is not None:
+                    return None  # somebody else's object holds the name
+                if "IfMatch" in condition and tag != condition["IfMatch"]:
+                    return None  # somebody else changed the document
+            try:
+                return client.put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+            except ClientError as error:
+                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+                # 412: the condition failed; 409: a concurrent conditional write to the same key is in progress;
+                # 404 on If-Match: the document is gone, so it no longer has the tag
+                if status in (409, 412) or (status == 404 and "IfMatch" in condition):
+                    return None
+                if status < 500:
+                    raise StorageError(f"cannot write {self.uri(relative)}: {_s3_error(error)}") from None
+                problem = _s3_error(error)  # the server failed: it may or may not have written
+            except BotoCoreError as error:  # no connection, or it dropped: the write may or may not have happened
+                problem = _s3_error(error)
+        raise StorageError(f"cannot write {self.uri(relative)}: the object store did not answer "
+                           f"{CONDITIONAL_PUT_ATTEMPTS} attempts ({problem})")
 
     def __getstate__(self) -> dict:  # a boto3 client does not travel to Ray workers; they make their own
         state = dict(self.__dict__)
         state.pop("_client", None)
+        state.pop("_conditional_client", None)
         return state
 
 

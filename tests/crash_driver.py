@@ -16,6 +16,7 @@ and the count, so any two versions differ.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 
 from orchard.registry import ModelRegistry
@@ -52,7 +53,10 @@ def job(address: str, storage: str, arguments: list[str]) -> None:
 
     prepare_driver_environment()
     config = OrchardConfig.from_sources(storage=storage, ray_address=address)
-    ray.init(address=address, runtime_env=config.runtime_env(), logging_level=logging.ERROR, log_to_driver=False)
+    runtime_env = config.runtime_env()
+    # The job's workers reach an object store as the driver does (a cloud cluster's nodes have these from their image)
+    runtime_env["env_vars"].update({name: value for name, value in os.environ.items() if name.startswith("AWS_")})
+    ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=False)
     configure_ray_data(progress_bars=False)
     quiet_library_loggers()
     print("ready", flush=True)

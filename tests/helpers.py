@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -199,3 +200,133 @@ class Traffic:
         self._stop.set()
         for thread in self._threads:
             thread.join(60)
+
+
+class FlakyProxy:
+    """A TCP proxy on a free port in front of a server, to take the server away as a restart or a network fault
+    does, without losing its state (moto keeps none across a real restart):
+
+    - `outage(seconds)` resets every open connection, and every new one as soon as it opens, for `seconds`;
+    - `lose_answers(n, method)` lets the next `n` requests with that HTTP method through but resets the connection
+      instead of passing the server's answer back: the server did the work and the client cannot know.
+
+    It counts what it did (outages, cut_connections, refused_connections, lost_answers), so that a test can show
+    its faults met traffic. Use it as a context manager; threads only, stopped on exit."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1"):
+        import threading
+
+        self.target = (host, target_port)
+        self.port = free_port()
+        self.address = f"{host}:{self.port}"
+        self.outages = self.lost_answers = self.cut_connections = self.refused_connections = 0
+        self._lock = threading.Lock()
+        self._down = False
+        self._over = threading.Event()
+        self._closed = False
+        self._lose: dict[bytes, int] = {}
+        self._methods: dict[socket.socket, bytes] = {}  # the method of the request last sent on each connection
+        self._sockets: set[socket.socket] = set()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, self.port))
+        self._thread = threading.Thread(target=self._accept_forever, daemon=True)
+
+    def __enter__(self) -> "FlakyProxy":
+        self._listener.listen(64)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting on it; close() alone does not
+        self._listener.close()
+        self._cut()
+        self._thread.join(10)
+
+    def outage(self, seconds: float) -> None:
+        """Reset every connection, and each new one, for `seconds` (or until `end_outage`); then pass connections on
+        again."""
+        with self._lock:
+            self.outages += 1
+            self._down = True
+            self._over.clear()
+        self._cut()
+        self._over.wait(seconds)
+        with self._lock:
+            self._down = False
+
+    def end_outage(self) -> None:
+        """End the outage in progress now."""
+        self._over.set()
+
+    def lose_answers(self, count: int = 1, method: str = "PUT") -> None:
+        with self._lock:
+            self._lose[method.encode()] = self._lose.get(method.encode(), 0) + count
+
+    def _cut(self) -> None:
+        with self._lock:
+            doomed, self._sockets = list(self._sockets), set()
+            self.cut_connections += len(doomed) // 2  # each connection is two sockets: the client's, the server's
+        self._reset(*doomed)
+
+    def _accept_forever(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed on exit
+                continue
+            with self._lock:
+                down = self._down
+                self.refused_connections += down
+            if down:
+                self._reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets |= {client, upstream}
+            threading.Thread(target=self._pump, args=(client, upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if source is client:
+                    method = data.split(b" ", 1)[0]
+                    if method in (b"GET", b"HEAD", b"PUT", b"POST", b"DELETE"):  # a request starts
+                        self._methods[client] = method
+                elif re.sub(rb"^(HTTP/1.1 100 Continue\r\n\r\n)+", b"", data):  # an answer, not only go-aheads
+                    method = self._methods.get(client, b"")
+                    with self._lock:
+                        lose = self._lose.get(method, 0) > 0
+                        if lose:
+                            self._lose[method] -= 1
+                            self.lost_answers += 1
+                    if lose:
+                        self._reset(source, sink)
+                        return
+                sink.sendall(data)
+        except OSError:
+            pass
+        self._reset(source, sink)
+
+    def _reset(self, *sockets: socket.socket) -> None:
+        import struct
+
+        with self._lock:
+            self._sockets -= set(sockets)
+            for sock in sockets:
+                self._methods.pop(sock, None)
+        for sock in sockets:  # a reset (linger 0), as from a server that went away, not an orderly close
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the other direction's recv(), which close() alone does not
+            sock.close()

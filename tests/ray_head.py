@@ -95,6 +95,18 @@ class RayHeadCluster:
     """The temp folders of the nodes joined to the head, in the order given."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds taken by: start, stop, and each submission (submit:<submission id>)."""
+    worker_processes: list[subprocess.Popen] = field(default_factory=list)
+    """The `ray start --address` of each joined node, in the order given."""
+
+    def lose_worker_node(self, index: int = 0) -> int:
+        """SIGKILL every process of a joined node at once, as when its machine dies; returns how many there were."""
+        process, temp_dir = self.worker_processes[index], self.worker_temp_dirs[index]
+        doomed = {process.pid, *_descendants(process.pid), *(pid for pid, _ in processes_mentioning(str(temp_dir)))}
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+        return len(doomed)
 
     @property
     def ray_executable(self) -> str:
@@ -228,6 +240,7 @@ def ray_head_cluster(num_cpus: int = 2, *, working_dir: Path = PROJECT_ROOT,
         cluster.gcs_address = _wait_until_ready(cluster, process, output_path, gcs_port, start_timeout)
         for node in worker_nodes:
             workers.append(_join(cluster, node, env))
+            cluster.worker_processes.append(workers[-1][0])
             cluster.worker_temp_dirs.append(workers[-1][1])
         _wait_for_nodes(cluster, 1 + len(worker_nodes), workers, start_timeout)
         cluster.timings["start"] = time.monotonic() - started

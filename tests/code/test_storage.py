@@ -1,8 +1,10 @@
 import threading
+import time
 
 import pytest
 
 from orchard.storage import Storage, StorageError
+from tests.helpers import FlakyProxy
 
 
 def test_write_then_read_round_trips_bytes_and_json(storage_root):
@@ -110,3 +112,56 @@ def test_an_object_store_that_refuses_a_write_is_a_storage_error_naming_the_path
         storage.write_bytes("doc.json", b"{}")
     with pytest.raises(StorageError, match="cannot read .*doc.json: NoSuchBucket"):
         storage.read_tagged("doc.json")
+
+
+@pytest.fixture()
+def flaky_s3(s3_root, s3_server, monkeypatch):
+    """The test's bucket, reached through a proxy that can lose the server's answers or take the server away."""
+    with FlakyProxy(int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{proxy.address}")
+        yield Storage(s3_root), proxy
+
+
+def test_a_claim_whose_answer_was_lost_is_still_the_writers_own(flaky_s3):
+    storage, proxy = flaky_s3
+    proxy.lose_answers(1, "PUT")  # the server writes the claim; the writer only sees its connection drop
+    assert storage.create_exclusive("claims/7", b"staging-of-writer-a")
+    assert proxy.lost_answers == 1
+    assert storage.read_bytes("claims/7") == b"staging-of-writer-a"
+    assert not storage.create_exclusive("claims/7", b"staging-of-writer-b")
+
+
+def test_a_compare_and_swap_whose_answer_was_lost_is_applied_once(flaky_s3):
+    storage, proxy = flaky_s3
+    storage.update_json("counter.json", lambda value: {"n": 1})
+    storage.append_line("log.txt", "first")
+    proxy.lose_answers(1, "PUT")
+    storage.update_json("counter.json", lambda value: {"n": value["n"] + 1})
+    proxy.lose_answers(1, "PUT")
+    storage.append_line("log.txt", "second")
+    assert proxy.lost_answers == 2
+    assert storage.read_json("counter.json") == {"n": 2}
+    assert storage.read_bytes("log.txt").decode().splitlines() == ["first", "second"]
+
+
+def test_a_conditional_write_bridges_a_short_outage_and_names_the_path_after_a_long_one(flaky_s3):
+    storage, proxy = flaky_s3
+    assert storage.create_exclusive("before", b"1")
+    for path, seconds in (("short", 2.0), ("long", 25.0)):
+        outage = threading.Thread(target=proxy.outage, args=(seconds,))
+        outage.start()
+        time.sleep(0.1)  # the server is away when the write starts
+        started = time.monotonic()
+        try:
+            if path == "short":
+                assert storage.create_exclusive(path, b"2")
+            else:
+                with pytest.raises(StorageError, match=f"cannot write .*{path}: the object store did not answer"):
+                    storage.create_exclusive(path, b"3")
+                assert time.monotonic() - started < seconds  # it gave up while the store was still away
+        finally:
+            proxy.end_outage()
+            outage.join()
+    assert proxy.outages == 2
+    assert (storage.read_bytes("before"), storage.read_bytes("short")) == (b"1", b"2")
+    assert not storage.exists("long")

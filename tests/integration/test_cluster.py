@@ -246,6 +246,65 @@ def test_serve_replicas_on_both_nodes_answer_and_log_to_the_object_store(pipelin
     assert storage.exists(f"{latest['folder']}/report.html") and storage.exists(f"{latest['folder']}/drift.png")
 
 
+def test_a_worker_node_lost_mid_job_leaves_the_job_complete_or_cleanly_failed_and_nothing_half_committed(
+        pipeline, s3_cluster, s3_server, monkeypatch, capsys):
+    """The second node dies (every process of it SIGKILLed at once) while a feature job runs on both: the job ends
+    (succeeded, its lost tasks run again on the head; or failed with a clear error), the table is at its old or its
+    next version, never between, and one more run on the node left makes the rows exact. Runs last but one: the
+    module's cluster has one node after it."""
+    import random
+
+    from fruit.generate import write_fruit
+
+    from features.catalog import get_group
+    from features.store import OfflineStore
+
+    cluster, root = s3_cluster
+    storage = _storage(root, s3_server, monkeypatch)
+    group, store = get_group("fruit_measurements"), OfflineStore(storage)
+    version, rows = store.table_version(group), store.read_table(group).num_rows
+    write_fruit(storage, rows=20000, seed=11)  # a day with many rows, in files for both nodes' tasks
+    job = f"node-lost-{uuid.uuid4().hex[:6]}"
+    cluster.start(["python", "-m", "pipelines.features", "fruit_measurements", "--storage", root, "--json"], job)
+    deadline = time.monotonic() + 120
+    while cluster.job_info(job)["status"] == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(random.Random(20261205).uniform(4, 10))  # into the job's reading and parsing
+    status_at_loss = cluster.job_info(job)["status"]
+    killed = cluster.lose_worker_node(0)
+    deadline = time.monotonic() + 300
+    while cluster.job_info(job)["status"] in ("PENDING", "RUNNING") and time.monotonic() < deadline:
+        time.sleep(1)
+    info, logs = cluster.job_info(job), cluster.job_logs(job)
+    assert info["status"] in ("SUCCEEDED", "FAILED"), info
+    after = store.table_version(group)
+    table = store.read_table(group)
+    assert len(set(table.column("fruit_id").to_pylist())) == table.num_rows, "a row was committed twice"
+    if info["status"] == "SUCCEEDED":
+        assert after == version + 1 and table.num_rows == rows + _json_document(logs)["rows_written"]
+    else:
+        assert (after, table.num_rows) == (version, rows), "a failed job committed"
+        assert "Traceback" not in logs.splitlines()[-1], logs[-3000:]
+
+    returncode, again = cluster.submit(["python", "-m", "pipelines.features", "fruit_measurements", "--storage",
+                                        root, "--json"], timeout=300, submission_id=f"{job}-again")
+    assert returncode == 0, again[-4000:]
+    report = _json_document(again)
+    final = store.read_table(group)
+    assert len(set(final.column("fruit_id").to_pylist())) == final.num_rows
+    new_rows = final.num_rows - rows
+    # the day's rows, once, whichever run wrote them
+    if info["status"] == "SUCCEEDED":
+        assert report["rows_written"] == 0 and new_rows == _json_document(logs)["rows_written"]
+    else:
+        assert new_rows == report["rows_written"]
+    assert new_rows > 19000, new_rows
+    with capsys.disabled():
+        print(f"\nworker node lost ({killed} processes killed) with the job {status_at_loss.lower()}: the job "
+              f"{info['status'].lower()}, table version {version} -> {after}; the next run wrote "
+              f"{report['rows_written']} rows; {new_rows} new rows in all, each once")
+
+
 def test_no_log_of_the_run_holds_the_secret_key(pipeline, s3_cluster):
     cluster, _ = s3_cluster
     secret = S3_TEST_KEYS["AWS_SECRET_ACCESS_KEY"]
