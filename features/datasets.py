@@ -17,6 +17,7 @@ uses, so training and serving cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +33,7 @@ from features.store import OfflineStore
 from features.transforms import TransformSet
 from features.views import FeatureView
 from orchard.errors import UsageError
-from orchard.storage import Storage
+from orchard.storage import STAGING_PREFIX, STALE_STAGING_S, Storage, StorageError
 
 if TYPE_CHECKING:
     import ray.data
@@ -214,7 +215,7 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
             raise DatasetError(f"{view.ref}: the training split is empty; nothing to fit the transformations on")
         transforms.fit_dataset(train.select_columns(output_columns))
 
-    staging = f"{dataset_location(view)}/.staging-{uuid.uuid4().hex}"
+    staging = f"{dataset_location(view)}/{STAGING_PREFIX}{uuid.uuid4().hex}"
     for name in SPLITS:
         part = assigned.map_batches(_only_split, fn_kwargs={"split": name, "columns": output_columns},
                                     batch_format="pyarrow")
@@ -241,6 +242,8 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
         metadata["version"] = version
         storage.write_json(f"{staging}/{DATASET_MARKER}", metadata)
         if storage.publish_dir(staging, dataset_location(view, version), DATASET_MARKER):
+            with contextlib.suppress(StorageError):  # the version is published; the next creation tidies up
+                storage.remove_stale_folders(dataset_location(view), STAGING_PREFIX, STALE_STAGING_S)
             return metadata
     raise DatasetError(f"{view.ref}: could not claim a dataset version after 100 attempts")
 

@@ -26,6 +26,7 @@ by their next change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from orchard.errors import StateError, UsageError
-from orchard.storage import Storage
+from orchard.storage import STAGING_PREFIX, STALE_STAGING_S, Storage, StorageError
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "r2": True, "mae": False, "rmse": False, "mse": False,
                     "loss": False}
@@ -145,7 +146,7 @@ class ModelRegistry:
         for file_name in files:
             if "/" in file_name or file_name.startswith("."):
                 raise RegistryError(f"model {name!r}: file name {file_name!r} must be a plain name")
-        staging = f"{self._folder(name)}/.staging-{uuid.uuid4().hex}"
+        staging = f"{self._folder(name)}/{STAGING_PREFIX}{uuid.uuid4().hex}"
         try:
             checksums = {}
             for file_name, data in files.items():
@@ -160,10 +161,14 @@ class ModelRegistry:
                 self.storage.write_bytes(f"{staging}/model.json", card_bytes)
                 self.storage.write_bytes(f"{staging}/{MANIFEST}", _json_bytes(manifest))
                 if self.storage.publish_dir(staging, self._folder(name, version), MANIFEST):
-                    return ModelVersion(name, version, full_card)
+                    break
+            else:
+                raise RegistryError(f"model {name!r}: could not claim a version number after {CLAIM_ATTEMPTS} tries")
         finally:
             self.storage.delete_dir(staging)  # gone already when the version was published
-        raise RegistryError(f"model {name!r}: could not claim a version number after {CLAIM_ATTEMPTS} tries")
+        with contextlib.suppress(StorageError):  # the version is published; the next registration tidies up
+            self.storage.remove_stale_folders(self._folder(name), STAGING_PREFIX, STALE_STAGING_S)  # of dead writers
+        return ModelVersion(name, version, full_card)
 
     def promote(self, name: str, version_or_reference: int | str, alias: str, *,
                 reason: str | None = None) -> int | None:

@@ -28,6 +28,13 @@ from orchard.errors import OrchardError
 CONDITIONAL_PUT_ATTEMPTS = 8  # over about 15 s: an object store restarting, or a network fault, is bridged
 
 
+STAGING_PREFIX = ".staging-"
+"""Folders a writer fills before publishing them under their final name (`publish_dir`)."""
+STALE_STAGING_S = 24 * 3600.0
+"""A staging folder with nothing written for this long belongs to a writer that died; the next writer beside it
+removes it (`remove_stale_folders`), `orchard clean` at once."""
+
+
 class StorageError(OrchardError):
     """A storage operation failed; the message names the path."""
 
@@ -188,6 +195,26 @@ class Storage:
             self.fs.copy_file(self.path(path), self.path(f"{final}/{posixpath.relpath(path, staging.strip('/'))}"))
         self.delete_dir(staging)
         return True
+
+    def remove_stale_folders(self, relative: str, prefix: str, older_than_s: float) -> list[str]:
+        """Delete the folders directly inside `relative` whose name starts with `prefix` and in which nothing was
+        written for `older_than_s` seconds: the staging folders of writers that died. Returns their names.
+
+        A writer still at work keeps writing files, so a folder younger than the age is left alone; the age must
+        exceed the longest write of one folder."""
+        cutoff = time.time_ns() - int(older_than_s * 1e9)
+        stale = []
+        for name in self.list_dir(relative):  # one listing of the folder itself; its versions are not read
+            if not name.startswith(prefix):
+                continue
+            folder = f"{relative}/{name}"
+            written = [entry.mtime_ns for entry in self._all_files(folder)]
+            if self.is_local:  # a local folder exists before its first file: its own time counts too
+                written.append(self.fs.get_file_info(self.path(folder)).mtime_ns or 0)
+            if max(written, default=0) < cutoff:
+                self.delete_dir(folder)
+                stale.append(name)
+        return stale
 
     @_named("list")
     def _all_files(self, relative: str) -> list[FileEntry]:

@@ -535,6 +535,28 @@ def models_best(
          f"({r['value']:.4g})" + (f"; {r['alias']} now points at it" if alias else ""))
 
 
+@app.command()
+def clean(
+    context: typer.Context,
+    older_than: float = typer.Option(24.0, "--older-than", min=0.0,
+                                     help="Hours with nothing written after which a staging folder is abandoned."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Remove the staging folders that writers killed mid-way left behind (model registrations, training
+    datasets). Published versions are never touched; each registration and dataset also tidies its own folder of
+    ones older than a day."""
+    from orchard.storage import STAGING_PREFIX, Storage
+
+    storage = Storage(context.obj.storage)
+    folders = [f"models/{model}" for model in storage.list_dir("models")]
+    folders += [f"datasets/{view}/{version}" for view in storage.list_dir("datasets")
+                for version in storage.list_dir(f"datasets/{view}")]
+    removed = [f"{folder}/{name}" for folder in folders
+               for name in storage.remove_stale_folders(folder, STAGING_PREFIX, older_than * 3600)]
+    emit({"removed": removed}, as_json=as_json,
+         human=lambda r: "\n".join(f"removed {path}" for path in r["removed"]) or "no abandoned staging folder")
+
+
 @app.command("api-key")
 def api_key_command() -> None:
     """Print a new random API key (256 bits) for a keys file: `orchard api-key >> keys` (see `serve --api-keys-file`).

@@ -228,6 +228,44 @@ def test_a_failed_registration_leaves_no_staging_folder(tmp_path):
     assert registry.versions("m") == []
 
 
+def test_staging_folders_of_dead_writers_are_removed_and_a_live_writers_kept(storage_root):
+    """A staging folder with nothing written for a day is a dead writer's: the next registration removes it, and
+    `orchard clean` removes younger ones on request; a folder still being written is kept; versions are untouched."""
+    import json as json_module
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    storage = Storage(storage_root)
+    registry = ModelRegistry(storage)
+    registry.register("m", {"w.bin": b"1"}, {"flavor": "test"})
+    if storage.is_local:
+        for name, age_s in ((".staging-dead", 2 * 86400), (".staging-recent", 600)):
+            storage.write_bytes(f"models/m/{name}/w.bin", b"half")
+            folder = storage.path(f"models/m/{name}")
+            old = time.time() - age_s
+            os.utime(f"{folder}/w.bin", (old, old))
+            os.utime(folder, (old, old))
+    else:  # an object store keeps the time of each write: only younger folders can be made here
+        storage.write_bytes("models/m/.staging-recent/w.bin", b"half")
+    storage.write_bytes("datasets/v/v1/.staging-recent/train/part.parquet", b"half")
+    registry.register("m", {"w.bin": b"2"}, {"flavor": "test"})
+    assert [n for n in storage.list_dir("models/m") if n.startswith(".staging")] == [".staging-recent"]
+
+    time.sleep(1.1)
+    result = CliRunner().invoke(app, ["--storage", storage_root, "clean", "--older-than", str(1 / 3600), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json_module.loads(result.output)["removed"] == ["models/m/.staging-recent",
+                                                          "datasets/v/v1/.staging-recent"]
+    assert not [name for name in storage.list_dir("models/m") if name.startswith(".staging")]
+    assert registry.versions("m") == [1, 2]
+    for version in (1, 2):
+        registry.verify("m", version)
+    fresh = CliRunner().invoke(app, ["--storage", storage_root, "clean"])  # a day by default: nothing left
+    assert fresh.exit_code == 0 and "no abandoned staging folder" in fresh.output
+
+
 def test_listing_versions_never_fails_while_the_model_folder_appears(tmp_path):
     # pyarrow reports a folder created while it lists as missing (FileNotFoundError even with
     # allow_not_found); this failed concurrent first registrations about once in a hundred runs.

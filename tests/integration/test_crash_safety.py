@@ -26,7 +26,7 @@ from surf.groups import BUOY_READINGS
 from features.online import SqliteOnlineStore
 from features.store import OfflineStore
 from orchard.registry import ModelRegistry
-from orchard.storage import Storage
+from orchard.storage import STAGING_PREFIX, Storage
 from tests.crash_driver import version_files
 from tests.helpers import REPOSITORY
 
@@ -100,6 +100,19 @@ class PreparedJob:
         self.process.communicate(timeout=60)
 
 
+def _clean_abandoned(storage: Storage, folder: str) -> int:
+    """`orchard clean --older-than 0` once the kills are over: every staging folder the killed writers left in
+    `folder` goes; returns how many there were."""
+    left = [name for name in storage.list_dir(folder) if name.startswith(STAGING_PREFIX)]
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "--storage", storage.root_uri, "clean",
+                             "--older-than", "0", "--json"], capture_output=True, text=True, cwd=REPOSITORY,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(json.loads(result.stdout)["removed"]) == sorted(f"{folder}/{name}" for name in left)
+    assert not [name for name in storage.list_dir(folder) if name.startswith(STAGING_PREFIX)]
+    return len(left)
+
+
 def test_registration_killed_at_random_points_loses_no_version_and_shows_no_half_written_one(storage_root, capsys):
     """A process registering one version after another is killed 50 times. Every number it printed (register had
     returned it) is still there; the only version visible that it did not print is the one it had published when
@@ -127,11 +140,15 @@ def test_registration_killed_at_random_points_loses_no_version_and_shows_no_half
         kills.count("after a version" if printed else "during the first version")
         promised |= printed
         seen = visible
+    abandoned = _clean_abandoned(registry.storage, "models/m")
     final = registry.register("m", version_files(-1, 1), {"task": "regression"})
     assert final.version > max(seen)
     assert set(registry.versions("m")) == seen | {final.version}
+    for version in seen:
+        registry.verify("m", version)
     with capsys.disabled():
-        print(f"\n{kills.summary()}; {len(seen)} versions published, {len(promised)} of them printed before a kill")
+        print(f"\n{kills.summary()}; {len(seen)} versions published, {len(promised)} of them printed before a kill; "
+              f"{abandoned} abandoned staging folders removed")
 
 
 # -- the feature pipeline and materialization ------------------------------------------------------------------------
@@ -309,7 +326,7 @@ def test_training_dataset_creation_killed_at_random_points_never_shows_a_half_wr
     from fruit.generate import write_fruit
 
     from features.catalog import get_view
-    from features.datasets import RandomSplit, create_training_dataset, dataset_versions
+    from features.datasets import RandomSplit, create_training_dataset, dataset_location, dataset_versions
     from features.pipeline import run_feature_pipeline
 
     storage = Storage(str(tmp_path / "store"))
@@ -349,10 +366,13 @@ def test_training_dataset_creation_killed_at_random_points_never_shows_a_half_wr
                 assert code == 0 and new, err[-3000:]
     finally:
         ready.discard()
+    abandoned = _clean_abandoned(storage, dataset_location(view))
     code, err, _ = prepare().run(600)
     assert code == 0, err[-3000:]
     versions = dataset_versions(storage, view)
     assert versions == list(range(1, len(checked) + 2))
-    assert _splits(storage, view, versions[-1]) == reference
+    for version in versions:
+        assert _splits(storage, view, version) == reference
     with capsys.disabled():
-        print(f"\n{kills.summary()}; {len(versions)} versions, each the same rows as the first")
+        print(f"\n{kills.summary()}; {len(versions)} versions, each the same rows as the first; {abandoned} "
+              "abandoned staging folders removed")
