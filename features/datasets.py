@@ -242,7 +242,7 @@ def create_training_dataset(storage: Storage, view: FeatureView, split: RandomSp
         metadata["version"] = version
         storage.write_json(f"{staging}/{DATASET_MARKER}", metadata)
         if storage.publish_dir(staging, dataset_location(view, version), DATASET_MARKER):
-            with contextlib.suppress(StorageError):  # the version is published; the next creation tidies up
+            with contextlib.suppress(StorageError, OSError):  # the version is published; the next one tidies up
                 storage.remove_stale_folders(dataset_location(view), STAGING_PREFIX, STALE_STAGING_S)
             return metadata
     raise DatasetError(f"{view.ref}: could not claim a dataset version after 100 attempts")

@@ -166,7 +166,7 @@ class ModelRegistry:
                 raise RegistryError(f"model {name!r}: could not claim a version number after {CLAIM_ATTEMPTS} tries")
         finally:
             self.storage.delete_dir(staging)  # gone already when the version was published
-        with contextlib.suppress(StorageError):  # the version is published; the next registration tidies up
+        with contextlib.suppress(StorageError, OSError):  # the version is published; the next one tidies up
             self.storage.remove_stale_folders(self._folder(name), STAGING_PREFIX, STALE_STAGING_S)  # of dead writers
         return ModelVersion(name, version, full_card)
 

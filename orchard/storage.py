@@ -196,6 +196,7 @@ class Storage:
         self.delete_dir(staging)
         return True
 
+    @_named("clean")
     def remove_stale_folders(self, relative: str, prefix: str, older_than_s: float) -> list[str]:
         """Delete the folders directly inside `relative` whose name starts with `prefix` and in which nothing was
         written for `older_than_s` seconds: the staging folders of writers that died. Returns their names.
@@ -208,12 +209,18 @@ class Storage:
             if not name.startswith(prefix):
                 continue
             folder = f"{relative}/{name}"
-            written = [entry.mtime_ns for entry in self._all_files(folder)]
-            if self.is_local:  # a local folder exists before its first file: its own time counts too
-                written.append(self.fs.get_file_info(self.path(folder)).mtime_ns or 0)
-            if max(written, default=0) < cutoff:
-                self.delete_dir(folder)
-                stale.append(name)
+            try:
+                written = [entry.mtime_ns for entry in self._all_files(folder)]
+                if self.is_local:  # a local folder exists before its first file: its own time counts too
+                    info = self.fs.get_file_info(self.path(folder))
+                    if info.type == pafs.FileType.NotFound:
+                        continue  # published (renamed) or removed by someone else meanwhile
+                    written.append(info.mtime_ns or 0)
+                if max(written, default=0) < cutoff and written:
+                    self.fs.delete_dir(self.path(folder))
+                    stale.append(name)
+            except FileNotFoundError:
+                continue  # gone meanwhile: another writer published it or another cleaner removed it
         return stale
 
     @_named("list")
@@ -223,6 +230,7 @@ class Storage:
                 for entry in self.fs.get_file_info(selector) if entry.type == pafs.FileType.File]
 
     # -- conditional writes: claims and compare-and-swap -------------------------------
+    @_named("write")
     def create_exclusive(self, relative: str, data: bytes) -> bool:
         """Write `data` under `relative` only if nothing has that name; False if something had."""
         target = self.path(relative)
@@ -238,6 +246,7 @@ class Storage:
             return True
         return self._s3_put(relative, data, IfNoneMatch="*") is not None
 
+    @_named("read")
     def read_tagged(self, relative: str) -> tuple[bytes | None, str | None]:
         """A document's content and its tag for `replace_if`; (None, None) when there is none."""
         if self.is_local:
@@ -256,6 +265,7 @@ class Storage:
         except Exception as error:  # noqa: BLE001 - botocore's errors, named without their details' secrets
             raise StorageError(f"cannot read {self.uri(relative)}: {_s3_error(error)}") from None
 
+    @_named("write")
     def replace_if(self, relative: str, data: bytes, tag: str | None) -> bool:
         """Write `data` if the document still has `tag` (None: if there is still no document); False if not."""
         if self.is_local:
@@ -268,6 +278,7 @@ class Storage:
             return self._s3_put(relative, data, IfNoneMatch="*") is not None
         return self._s3_put(relative, data, IfMatch=tag) is not None
 
+    @_named("update")
     def update_json(self, relative: str, change: Callable[[Any], Any], *, attempts: int = 100) -> Any:
         """Read a JSON document (None when absent), let `change` return its new value, and write that only if nobody
         wrote the document meanwhile; on a conflict, read and change again. Returns the value written."""
@@ -281,6 +292,7 @@ class Storage:
 
         return self._swap(relative, swap, attempts)
 
+    @_named("append to")
     def append_line(self, relative: str, line: str) -> None:
         """Append one line to a text file that several writers may append to; none of them loses a line."""
         line = line.rstrip("\n") + "\n"
@@ -343,8 +355,12 @@ class Storage:
     @cached_property
     def _client(self):
         import boto3  # only object-store roots need it
+        from botocore.config import Config
 
-        return boto3.session.Session().client("s3")
+        # Stated, not left to the installed botocore's defaults: standard retries, 6 attempts with backoff (a few
+        # seconds of outage bridged for idempotent calls), and no call waits on a silent server for ever.
+        return boto3.session.Session().client("s3", config=Config(retries={"total_max_attempts": 6, "mode": "standard"},
+                                                                  connect_timeout=10, read_timeout=60))
 
     @cached_property
     def _conditional_client(self):
@@ -374,7 +390,8 @@ class Storage:
         botocore, and after an answer that never came the object is read back: holding exactly these bytes, the
         write was this one's (the bytes of a claim or a swap hold the writer's own content, so two writers' bytes
         differ in practice). Returns the new ETag, or None when the condition did not hold."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as NoConnection
 
         self._s3_client()  # the same check: an s3:// root
         client, bucket, key = self._conditional_client, *self._s3_key(relative)
@@ -383,11 +400,13 @@ class Storage:
             if attempt:
                 time.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
                 try:
-                    current, tag = self.read_tagged(relative)
-                except StorageError:
+                    current, tag = self._read_back(relative)
+                except BotoCoreError:
                     continue  # the store is still away
-                if current == data:
-                    return tag  # the lost answer's write happened
+                # The lost answer's write happened if the object holds these bytes; or, for a line appended to a
+                # log, starts with them and another writer appended after (a JSON document never does).
+                if current == data or ("IfMatch" in condition and current is not None and current.startswith(data)):
+                    return tag
                 if "IfNoneMatch" in condition and current is not None:
                     return None  # somebody else's object holds the name
                 if "IfMatch" in condition and tag != condition["IfMatch"]:
@@ -403,10 +422,26 @@ class Storage:
                 if status < 500:
                     raise StorageError(f"cannot write {self.uri(relative)}: {_s3_error(error)}") from None
                 problem = _s3_error(error)  # the server failed: it may or may not have written
-            except BotoCoreError as error:  # no connection, or it dropped: the write may or may not have happened
+            except (NoConnection, HTTPClientError) as error:  # the write may or may not have happened
                 problem = _s3_error(error)
+            except BotoCoreError as error:  # no credentials, a bad parameter: no retry helps
+                raise StorageError(f"cannot write {self.uri(relative)}: {_s3_error(error)}") from None
         raise StorageError(f"cannot write {self.uri(relative)}: the object store did not answer "
                            f"{CONDITIONAL_PUT_ATTEMPTS} attempts ({problem})")
+
+    def _read_back(self, relative: str) -> tuple[bytes | None, str | None]:
+        """A document and its tag, read once, without botocore's retries (the caller's loop retries): raises
+        botocore's error when the store does not answer."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._s3_key(relative)
+        try:
+            answer = self._conditional_client.get_object(Bucket=bucket, Key=key)
+            return answer["Body"].read(), answer["ETag"]
+        except self._conditional_client.exceptions.NoSuchKey:
+            return None, None
+        except ClientError as error:
+            raise StorageError(f"cannot read {self.uri(relative)}: {_s3_error(error)}") from None
 
     def __getstate__(self) -> dict:  # a boto3 client does not travel to Ray workers; they make their own
         state = dict(self.__dict__)

@@ -540,12 +540,18 @@ def clean(
     context: typer.Context,
     older_than: float = typer.Option(24.0, "--older-than", min=0.0,
                                      help="Hours with nothing written after which a staging folder is abandoned."),
+    force: bool = typer.Option(False, "--force", help="Allow --older-than under 1 hour: only when no registration "
+                                                      "or dataset creation is running (theirs would be removed)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Remove the staging folders that writers killed mid-way left behind (model registrations, training
     datasets). Published versions are never touched; each registration and dataset also tidies its own folder of
     ones older than a day."""
     from orchard.storage import STAGING_PREFIX, Storage
+
+    if older_than < 1 and not force:
+        raise typer.BadParameter(f"{older_than:g} h would also remove the folders of writers at work now; give "
+                                 "--force if none is running", param_hint="--older-than")
 
     storage = Storage(context.obj.storage)
     folders = [f"models/{model}" for model in storage.list_dir("models")]

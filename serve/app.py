@@ -57,8 +57,10 @@ log = logging.getLogger(__name__)
 MAX_INSTANCES = 1000
 MAX_BODY_BYTES = 1_000_000
 BODY_TIMEOUT_S = 10.0
-"""A request's whole body must arrive within this many seconds of its headers (1 MB at 100 kB/s), or it gets 408: a
-client that never finishes its body does not hold a connection and its buffers for ever."""
+MIN_BODY_RATE = 50_000
+"""A request's body must arrive within BODY_TIMEOUT_S of its headers plus a second per MIN_BODY_RATE bytes (its
+declared length, or the limit when chunked: 30 s for 1 MB), or it gets 408: a client that never finishes its body
+does not hold a connection and its buffers for ever, while a photo on a slow line still gets through."""
 MAX_JSON_DEPTH = 64
 """Arrays and objects nested deeper than this are refused before any parser sees them (Python's json recurses
 once per level and gives up near 1,000, with an error that is not a ValueError). An image as nested lists in a
@@ -257,8 +259,9 @@ class BodyLimits:
     """
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES, max_depth: int = MAX_JSON_DEPTH,
-                 timeout_s: float = BODY_TIMEOUT_S):
-        self.app, self.limit, self.max_depth, self.timeout_s = app, limit, max_depth, timeout_s
+                 timeout_s: float = BODY_TIMEOUT_S, min_rate: float = MIN_BODY_RATE):
+        self.app, self.limit, self.max_depth = app, limit, max_depth
+        self.timeout_s, self.min_rate = timeout_s, min_rate
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -275,8 +278,9 @@ class BodyLimits:
         # Every body is read here, up to the limit and the deadline (FastAPI would turn an error raised while it
         # reads into a 400); at most `limit` bytes are held, as the route would hold them.
         chunks, size, more = [], 0, True
+        allowed_s = self.timeout_s + (int(declared) if declared is not None else self.limit) / self.min_rate
         try:
-            async with asyncio.timeout(self.timeout_s):  # no task per request, as wait_for would make
+            async with asyncio.timeout(allowed_s):  # no task per request, as wait_for would make
                 while more:
                     message = await receive()
                     if message["type"] != "http.request":
@@ -287,13 +291,14 @@ class BodyLimits:
                         break
                     more = message.get("more_body", False)
         except TimeoutError:
-            refusal = _error(408, f"the request body did not arrive within {self.timeout_s:g} s of its headers "
+            refusal = _error(408, f"the request body did not arrive within {allowed_s:g} s of its headers "
                                   f"({size} bytes came)")
             refusal.headers["connection"] = "close"  # else the server goes on reading the body, however slow
             return await refusal(scope, receive, send)
         if size > self.limit:
             return await self._refuse(scope, receive, send)
         body = b"".join(chunks)
+        del chunks  # one copy of the body while the route runs
         document = body[:int(header_length)] if header_length.isdigit() else body
         if is_json and document.count(b"[") + document.count(b"{") > self.max_depth and (
                 await asyncio.to_thread(json_depth, document) if len(document) > 65536 else json_depth(document)
@@ -312,7 +317,9 @@ class BodyLimits:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send):
-        await _error(413, f"the request body is larger than {self.limit} bytes")(scope, receive, send)
+        refusal = _error(413, f"the request body is larger than {self.limit} bytes")
+        refusal.headers["connection"] = "close"  # the rest of the body is not read
+        await refusal(scope, receive, send)
 
 
 api.add_middleware(TensorBinaryExtension)

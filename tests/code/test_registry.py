@@ -253,8 +253,11 @@ def test_staging_folders_of_dead_writers_are_removed_and_a_live_writers_kept(sto
     registry.register("m", {"w.bin": b"2"}, {"flavor": "test"})
     assert [n for n in storage.list_dir("models/m") if n.startswith(".staging")] == [".staging-recent"]
 
+    refused = CliRunner().invoke(app, ["--storage", storage_root, "clean", "--older-than", "0.5"])
+    assert refused.exit_code == 2 and "writers at work now" in refused.output, refused.output
     time.sleep(1.1)
-    result = CliRunner().invoke(app, ["--storage", storage_root, "clean", "--older-than", str(1 / 3600), "--json"])
+    result = CliRunner().invoke(app, ["--storage", storage_root, "clean", "--older-than", str(1 / 3600), "--force",
+                                      "--json"])
     assert result.exit_code == 0, result.output
     assert json_module.loads(result.output)["removed"] == ["models/m/.staging-recent",
                                                           "datasets/v/v1/.staging-recent"]

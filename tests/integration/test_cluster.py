@@ -272,6 +272,7 @@ def test_a_worker_node_lost_mid_job_leaves_the_job_complete_or_cleanly_failed_an
     time.sleep(random.Random(20261205).uniform(4, 10))  # into the job's reading and parsing
     status_at_loss = cluster.job_info(job)["status"]
     killed = cluster.lose_worker_node(0)
+    assert status_at_loss == "RUNNING", cluster.job_logs(job)[-3000:]  # the loss came in the middle of the job
     deadline = time.monotonic() + 300
     while cluster.job_info(job)["status"] in ("PENDING", "RUNNING") and time.monotonic() < deadline:
         time.sleep(1)

@@ -101,11 +101,11 @@ class PreparedJob:
 
 
 def _clean_abandoned(storage: Storage, folder: str) -> int:
-    """`orchard clean --older-than 0` once the kills are over: every staging folder the killed writers left in
+    """`orchard clean --older-than 0 --force` once the kills are over: every staging folder the killed writers left in
     `folder` goes; returns how many there were."""
     left = [name for name in storage.list_dir(folder) if name.startswith(STAGING_PREFIX)]
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "--storage", storage.root_uri, "clean",
-                             "--older-than", "0", "--json"], capture_output=True, text=True, cwd=REPOSITORY,
+                             "--older-than", "0", "--force", "--json"], capture_output=True, text=True, cwd=REPOSITORY,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(json.loads(result.stdout)["removed"]) == sorted(f"{folder}/{name}" for name in left)
