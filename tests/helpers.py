@@ -225,6 +225,7 @@ class FlakyProxy:
         self._over = threading.Event()
         self._closed = False
         self._lose: dict[bytes, int] = {}
+        self._armed: tuple[int, float] | None = None
         self._methods: dict[socket.socket, bytes] = {}  # the method of the request last sent on each connection
         self._sockets: set[socket.socket] = set()
         self._listener = socket.socket()
@@ -261,6 +262,20 @@ class FlakyProxy:
         """End the outage in progress now."""
         self._over.set()
 
+    def restore(self) -> None:
+        """Disarm a pending outage and end one in progress (also one whose thread is only starting)."""
+        with self._lock:
+            self._armed = None
+        while self._down:
+            self._over.set()
+            time.sleep(0.05)
+
+    def outage_at_connection(self, count: int, seconds: float) -> None:
+        """Start an outage of `seconds` when the `count`-th connection from now opens (that one is reset too): an
+        outage that surely meets a client's traffic, whenever its traffic comes."""
+        with self._lock:
+            self._armed = (count, seconds) if count > 0 else None
+
     def lose_answers(self, count: int = 1, method: str = "PUT") -> None:
         with self._lock:
             self._lose[method.encode()] = self._lose.get(method.encode(), 0) + count
@@ -280,6 +295,12 @@ class FlakyProxy:
             except OSError:  # closed on exit
                 continue
             with self._lock:
+                if self._armed is not None and not self._down:
+                    count, seconds = self._armed
+                    self._armed = (count - 1, seconds) if count > 1 else None
+                    if count == 1:
+                        self._down = True  # from this connection on, before the thread below takes over
+                        threading.Thread(target=self.outage, args=(seconds,), daemon=True).start()
                 down = self._down
                 self.refused_connections += down
             if down:
