@@ -256,12 +256,9 @@ class Storage:
             except FileNotFoundError:
                 return None, None
             return data, hashlib.sha256(data).hexdigest()
-        client, bucket, key = self._s3_client(), *self._s3_key(relative)
+        self._s3_client()  # the same check: an s3:// root
         try:
-            answer = client.get_object(Bucket=bucket, Key=key)
-            return answer["Body"].read(), answer["ETag"]
-        except client.exceptions.NoSuchKey:
-            return None, None
+            return self._get_tagged(self._client, relative)
         except Exception as error:  # noqa: BLE001 - botocore's errors, named without their details' secrets
             raise StorageError(f"cannot read {self.uri(relative)}: {_s3_error(error)}") from None
 
@@ -354,22 +351,23 @@ class Storage:
 
     @cached_property
     def _client(self):
-        import boto3  # only object-store roots need it
-        from botocore.config import Config
-
         # Stated, not left to the installed botocore's defaults: standard retries, 6 attempts with backoff (a few
         # seconds of outage bridged for idempotent calls), and no call waits on a silent server for ever.
-        return boto3.session.Session().client("s3", config=Config(retries={"total_max_attempts": 6, "mode": "standard"},
-                                                                  connect_timeout=10, read_timeout=60))
+        return _s3_client(attempts=6)
 
     @cached_property
     def _conditional_client(self):
         """A client that does not retry by itself: see `_conditional_put`."""
-        import boto3
-        from botocore.config import Config
+        return _s3_client(attempts=1)
 
-        return boto3.session.Session().client("s3", config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                                                                  connect_timeout=10, read_timeout=60))
+    def _get_tagged(self, client, relative: str) -> tuple[bytes | None, str | None]:
+        """A document's content and ETag through `client`, (None, None) when there is none; botocore's errors raise."""
+        bucket, key = self._s3_key(relative)
+        try:
+            answer = client.get_object(Bucket=bucket, Key=key)
+        except client.exceptions.NoSuchKey:
+            return None, None
+        return answer["Body"].read(), answer["ETag"]
 
     def _s3_put(self, relative: str, data: bytes, **condition: str) -> str | None:
         """PUT, with a condition if given; the new ETag, or None when the condition did not hold."""
@@ -434,12 +432,8 @@ class Storage:
         botocore's error when the store does not answer."""
         from botocore.exceptions import ClientError
 
-        bucket, key = self._s3_key(relative)
         try:
-            answer = self._conditional_client.get_object(Bucket=bucket, Key=key)
-            return answer["Body"].read(), answer["ETag"]
-        except self._conditional_client.exceptions.NoSuchKey:
-            return None, None
+            return self._get_tagged(self._conditional_client, relative)
         except ClientError as error:
             raise StorageError(f"cannot read {self.uri(relative)}: {_s3_error(error)}") from None
 
@@ -448,6 +442,15 @@ class Storage:
         state.pop("_client", None)
         state.pop("_conditional_client", None)
         return state
+
+
+def _s3_client(attempts: int):
+    """A boto3 S3 client from the standard AWS variables, making at most `attempts` tries per call."""
+    import boto3  # only object-store roots need it
+    from botocore.config import Config
+
+    return boto3.session.Session().client("s3", config=Config(
+        retries={"total_max_attempts": attempts, "mode": "standard"}, connect_timeout=10, read_timeout=60))
 
 
 def _s3_error(error: Exception) -> str:

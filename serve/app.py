@@ -202,6 +202,14 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
+def _closing_error(status: int, message: str) -> JSONResponse:
+    """An error for a request whose body was not read to its end: the connection closes after it, or the server
+    would go on reading the rest of the body, however slowly it comes."""
+    response = _error(status, message)
+    response.headers["connection"] = "close"
+    return response
+
+
 @api.exception_handler(OrchardError)
 async def _orchard_error(_request, error: OrchardError):
     """Every error Orchard raises carries its HTTP status (`orchard.errors`): a bad instance 422, an unknown model
@@ -291,10 +299,8 @@ class BodyLimits:
                         break
                     more = message.get("more_body", False)
         except TimeoutError:
-            refusal = _error(408, f"the request body did not arrive within {allowed_s:g} s of its headers "
-                                  f"({size} bytes came)")
-            refusal.headers["connection"] = "close"  # else the server goes on reading the body, however slow
-            return await refusal(scope, receive, send)
+            return await _closing_error(408, f"the request body did not arrive within {allowed_s:g} s of its "
+                                             f"headers ({size} bytes came)")(scope, receive, send)
         if size > self.limit:
             return await self._refuse(scope, receive, send)
         body = b"".join(chunks)
@@ -317,9 +323,7 @@ class BodyLimits:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send):
-        refusal = _error(413, f"the request body is larger than {self.limit} bytes")
-        refusal.headers["connection"] = "close"  # the rest of the body is not read
-        await refusal(scope, receive, send)
+        await _closing_error(413, f"the request body is larger than {self.limit} bytes")(scope, receive, send)
 
 
 api.add_middleware(TensorBinaryExtension)
