@@ -82,6 +82,27 @@ def test_every_checkpoint_holds_the_model_in_keras_native_format(fruit_run):
             assert {"config.json", "model.weights.h5"} <= set(archive.namelist())
 
 
+def test_a_small_test_split_is_evaluated_in_the_driver_with_the_sums_ray_data_tasks_give(fruit_storage, fruit_run,
+                                                                                        monkeypatch):
+    """The fruit network's test split (in the object store, a few KB) is evaluated in this process, and gives the
+    confusion matrix that Ray Data's tasks give when the split is over the size limit (they load the network
+    themselves: this process loads it no more)."""
+    import training.flavors.keras as keras_flavor
+    from training.model_data import prepare_splits
+
+    loads = []
+    original = keras_flavor.load_keras
+    monkeypatch.setattr(keras_flavor, "load_keras", lambda *args: loads.append(1) or original(*args))
+    data = prepare_splits(fruit_storage, FRUIT_SPEC)
+    in_driver = keras_flavor._evaluate(FRUIT_SPEC, data, fruit_run, gpu=False)
+    assert len(loads) == 1
+    monkeypatch.setattr(keras_flavor, "DRIVER_EVALUATION_BYTES", 0)
+    in_tasks = keras_flavor._evaluate(FRUIT_SPEC, data, fruit_run, gpu=False)
+    assert len(loads) == 1
+    assert in_tasks == in_driver
+    assert sum(map(sum, in_driver["confusion_matrix"])) == data.summaries["test"]["count"] > 0
+
+
 def test_all_fruit_rows_are_used_with_the_label_encoders_classes(fruit_storage, fruit_run):
     metadata = TrainingDataset.open(fruit_storage, get_view("fruit_classification")).metadata
     assert fruit_run["rows"] == metadata["rows"]

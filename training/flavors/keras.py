@@ -584,6 +584,17 @@ def _chosen_checkpoint(spec, checkpoints: list[tuple[Any, dict]]) -> tuple[Any, 
 
 _loaded_networks: dict[str, Any] = {}
 
+DRIVER_EVALUATION_BYTES = 64 * 1024**2
+"""A test split already in the object store and at most this large (features as float32) is evaluated in the
+driver, which holds TensorFlow and the network already: Ray Data's tasks would each import TensorFlow first, about
+8 s on a new local Ray for the demo's networks, whose test splits take milliseconds to predict."""
+
+
+def _sums(network, batch: dict[str, np.ndarray], task: str, n_classes: int, train_mean: float | None) -> dict:
+    outputs = network(batch[FEATURES_COLUMN], training=False).numpy()
+    predicted = outputs.argmax(axis=1) if task == "classification" else outputs.reshape(-1)
+    return evaluation.partials(task, batch[TARGET_COLUMN], predicted, n_classes=n_classes, train_mean=train_mean)
+
 
 def _evaluate_block(batch: dict[str, np.ndarray], filesystem, path: str, build_module: str | None, task: str,
                     n_classes: int, train_mean: float | None) -> dict[str, np.ndarray]:
@@ -594,25 +605,40 @@ def _evaluate_block(batch: dict[str, np.ndarray], filesystem, path: str, build_m
         with filesystem.open_input_stream(path) as stream:
             _loaded_networks.clear()
             _loaded_networks[path] = load_keras(stream.readall(), build_module)
-    outputs = _loaded_networks[path](batch[FEATURES_COLUMN], training=False).numpy()
-    predicted = outputs.argmax(axis=1) if task == "classification" else outputs.reshape(-1)
-    sums = evaluation.partials(task, batch[TARGET_COLUMN], predicted, n_classes=n_classes, train_mean=train_mean)
+    sums = _sums(_loaded_networks[path], batch, task, n_classes, train_mean)
     return {"sums": np.array([json.dumps(sums)])}
+
+
+def _evaluate(spec, data: PreparedData, trained: dict, gpu: bool) -> dict | None:
+    """The evaluation sums of the trained network on the test split: in the driver for a small split already in
+    the object store (`DRIVER_EVALUATION_BYTES`), else in Ray Data tasks (on GPUs with `gpu`)."""
+    from ray.data.dataset import MaterializedDataset
+
+    test = data.splits["test"]
+    task, n_classes = spec.task, len(data.inputs.classes or ())
+    train_mean = data.summaries["train"]["target_mean"]
+    build_module = spec.flavor.load_config()["build_module"]
+    sums = None
+    if (not gpu and isinstance(test, MaterializedDataset)
+            and data.summaries["test"]["count"] * (data.inputs.n_features * 4 + 8) <= DRIVER_EVALUATION_BYTES):
+        network = load_keras(trained["model_bytes"], build_module)
+        for batch in test.iter_batches(batch_format="numpy", batch_size=4096):
+            sums = evaluation.merge(sums, _sums(network, batch, task, n_classes, train_mean))
+        return sums
+    parts = test.map_batches(
+        _evaluate_block, batch_format="numpy", num_gpus=1 if gpu else 0,
+        fn_kwargs={"filesystem": trained["checkpoint_filesystem"], "path": f"{trained['checkpoint']}/{MODEL_FILE}",
+                   "build_module": build_module, "task": task, "n_classes": n_classes, "train_mean": train_mean})
+    for row in parts.iter_rows():
+        sums = evaluation.merge(sums, json.loads(row["sums"]))
+    return sums
 
 
 def _train_and_evaluate(storage: Storage, spec, data: PreparedData, *, workers: int, gpu: bool,
                         epochs: int | None) -> TrainedModel:
 
     trained = train_network(storage, spec, workers=workers, gpu=gpu, epochs=epochs, data=data)
-    sums = None
-    parts = data.splits["test"].map_batches(
-        _evaluate_block, batch_format="numpy", num_gpus=1 if gpu else 0,
-        fn_kwargs={"filesystem": trained["checkpoint_filesystem"], "path": f"{trained['checkpoint']}/{MODEL_FILE}",
-                   "build_module": spec.flavor.load_config()["build_module"], "task": spec.task,
-                   "n_classes": len(data.inputs.classes or ()),
-                   "train_mean": data.summaries["train"]["target_mean"]})
-    for row in parts.iter_rows():
-        sums = evaluation.merge(sums, json.loads(row["sums"]))
+    sums = _evaluate(spec, data, trained, gpu)
     history = trained["history"]
     curves = {label: [(m["epoch"], m[key]) for m in history if math.isfinite(m[key])]
               for label, key in (("train loss", "loss"), ("validation loss", "val_loss"))}
