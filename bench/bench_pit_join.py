@@ -292,7 +292,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     data = bench_data(config)
     schema = output_schema(data.labels[0])
     outputs_dir = config.work_dir / "pit-outputs"
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    common.init_local_ray()
     try:
         configure_ray_data(progress_bars=False)
         # Orchard's drivers use the V1 Parquet reader (see configure_ray_data); --ray-datasource-v2 measures

@@ -282,7 +282,7 @@ def run_benchmark(config: BenchConfig) -> dict:
 
     files = booking_files(config)
     outputs_dir = config.work_dir / "outputs"
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    common.init_local_ray()
     try:
         configure_ray_data(progress_bars=False)
         # With reservation, Ray Data sets aside a share of the CPUs for every operator: on two

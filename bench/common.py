@@ -48,6 +48,20 @@ def format_table(title: str, methods: dict, baselines: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def init_local_ray() -> None:
+    """A local Ray of every core for a benchmark's process, whose workers import the example projects as
+    Orchard's own jobs do (the projects' folders travel in the runtime env)."""
+    import os
+
+    import ray
+
+    from orchard.config import OrchardConfig
+
+    runtime_env = OrchardConfig.from_sources(env={}, cwd=Path(__file__).resolve().parent.parent).runtime_env()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env=runtime_env)
+
+
 def remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)

@@ -1,0 +1,52 @@
+"""BENCHMARKS.md from the benchmarks' documents: medians, spreads, ratios as speeds, targets judged."""
+
+from bench import report, run_all
+
+
+def _methods(**seconds: list[float]) -> dict:
+    return {name: {"seconds": values, "median_seconds": sorted(values)[len(values) // 2]}
+            for name, values in seconds.items()}
+
+
+def test_a_time_ratio_is_a_speed_and_the_target_is_judged_on_the_medians():
+    document = {"rows": 4_000_000, "files": 8, "methods": _methods(orchard=[1.0, 1.2, 0.9, 1.1, 5.0],
+                                                                   duckdb=[1.0, 1.0, 1.0, 1.0, 1.0],
+                                                                   pandas=[3.3, 3.3, 3.3, 3.3, 3.3])}
+    (workload,) = run_all.vacancy(document)
+    assert workload["target"]["met"] is False  # median 1.1 s against 1.0 s: slower than DuckDB
+    assert round(report.ratio(workload, "orchard", "duckdb"), 3) == round(1.0 / 1.1, 3)
+    assert round(report.ratio(workload, "orchard", "pandas"), 1) == 3.0
+    text = report.render_workload({**workload, "command": "make bench"})
+    assert "| orchard | orchard | 1.10 | 0.9–5.00 (±186%) | 5 |" in text
+    assert "orchard vs duckdb: **0.91×**" in text and "orchard vs pandas: **3.00×**" in text
+    assert "no slower than DuckDB — **not met**" in text
+
+
+def test_a_throughput_ratio_keeps_its_direction_and_the_serving_target_needs_both_ways():
+    point = {"p50_ms": 5.0, "p99_ms": 20.0, "failures": 0}
+    document = {"results": {"plain@16": {**point, "requests_per_second": 2000.0},
+                            "serve-direct@16": {**point, "requests_per_second": 1700.0},
+                            "serve-proxy@16": {**point, "requests_per_second": 500.0},
+                            "plain@1": {**point, "requests_per_second": 1300.0}}}
+    (workload,) = run_all.serving(document)
+    assert report.ratio(workload, "serve-direct", "plain") == 0.85
+    assert workload["target"]["met"] is False  # the proxy at 0.25x misses its 0.3x
+    document["results"]["serve-proxy@16"]["requests_per_second"] = 700.0
+    assert run_all.serving(document)[0]["target"]["met"] is True
+    document["results"]["serve-direct@16"]["p99_ms"] = 30.0
+    assert run_all.serving(document)[0]["target"]["met"] is False
+
+
+def test_the_report_names_the_machine_every_workload_and_what_did_not_finish():
+    results = {"machine": {"cpus": 2, "memory_gib": 24, "platform": "Linux", "python": "3.11.7", "ray": "2.60.0"},
+               "command": "make bench", "finished": "2026-12-03 12:00 UTC", "seconds": 1500.0,
+               "failed": {"serve": "exit 1; its log: serve.log"},
+               "workloads": [{**run_all.pit_join({"labels": 10, "groups": 3, "rows_per_group": 10, "methods": _methods(
+                   orchard=[2.0] * 5, duckdb=[1.0] * 5, pandas=[1.5] * 5)})[0],
+                   "command": "python -m bench.bench_pit_join"}]}
+    text = report.render(results)
+    assert "2 cores, 24 GiB" in text and "in 25.0 minutes" in text
+    assert "| 2 | Point-in-time training dataset: 10 labels × 3 groups of 10 rows | orchard / duckdb 0.50×" in text
+    assert "within 1.5× of DuckDB's time | not met |" in text
+    assert "- serve: exit 1; its log: serve.log" in text
+    assert "```bash\npython -m bench.bench_pit_join\n```" in text
