@@ -23,17 +23,20 @@ def test_a_time_ratio_is_a_speed_and_the_target_is_judged_on_the_medians():
 
 
 def test_a_throughput_ratio_keeps_its_direction_and_the_serving_target_needs_both_ways():
-    point = {"p50_ms": 5.0, "p99_ms": 20.0, "failures": 0}
-    document = {"results": {"plain@16": {**point, "requests_per_second": 2000.0},
-                            "serve-direct@16": {**point, "requests_per_second": 1700.0},
-                            "serve-proxy@16": {**point, "requests_per_second": 500.0},
-                            "plain@1": {**point, "requests_per_second": 1300.0}}}
+    def point(rate: float, p99: float = 20.0) -> dict:
+        return {"requests_per_second": rate, "windows": [rate] * 5, "p50_ms": 5.0, "p99_ms": p99, "failures": 0}
+
+    results = {"plain@16": point(2000.0), "serve-direct@16": point(1700.0), "serve-proxy@16": point(500.0),
+               "plain@1": point(1300.0)}
+    document = {"windows": 5, "seconds_per_window": 2.0, "models": {"tree": results}}
     (workload,) = run_all.serving(document)
     assert report.ratio(workload, "serve-direct", "plain") == 0.85
     assert workload["target"]["met"] is False  # the proxy at 0.25x misses its 0.3x
-    document["results"]["serve-proxy@16"]["requests_per_second"] = 700.0
+    results["serve-proxy@16"] = point(700.0)
     assert run_all.serving(document)[0]["target"]["met"] is True
-    document["results"]["serve-direct@16"]["p99_ms"] = 30.0
+    results["serve-direct@16"] = point(1700.0, p99=30.0)
+    assert run_all.serving(document)[0]["target"]["met"] is False
+    results["serve-direct@16"] = {**point(1700.0), "failures": 1}
     assert run_all.serving(document)[0]["target"]["met"] is False
 
 
