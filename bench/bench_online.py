@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.common import SectionResults
+from bench.common import PeakMemory, SectionResults
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 FEAST_VERSION = "0.67.0"
@@ -296,41 +295,6 @@ def bench_batch(storage, rows: int, repeats: int) -> dict:
     return result
 
 
-class _PeakMemory:
-    """Samples the resident memory of this process and every Ray worker process every 0.2 s; keeps the peak."""
-
-    def __init__(self):
-        import psutil
-
-        self._psutil, self.peak, self._stop = psutil, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _total(self) -> int:
-        total = 0
-        for process in self._psutil.process_iter(["pid", "name", "cmdline", "memory_info"]):
-            try:
-                command = " ".join(process.info["cmdline"] or [])
-                if process.info["pid"] == os.getpid() or command.startswith("ray::"):
-                    total += process.info["memory_info"].rss
-            except (self._psutil.Error, TypeError):
-                continue
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
-            self._stop.wait(0.2)
-
-    def __enter__(self):
-        self.before = self._total()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def bench_materialize(storage, sizes: list[int]) -> dict:
     from deltalake import write_deltalake
 
@@ -355,7 +319,7 @@ def bench_materialize(storage, sizes: list[int]) -> dict:
         database = Path(storage.path(f"bench-online-{size}.sqlite"))
         for leftover in database.parent.glob(database.name + "*"):
             leftover.unlink()
-        with _PeakMemory() as memory:
+        with PeakMemory() as memory:
             started = time.perf_counter()
             report = materialize(storage, group, f"sqlite://{database}")
             seconds = time.perf_counter() - started

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +50,45 @@ def format_table(title: str, methods: dict, baselines: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+class PeakMemory:
+    """Samples the resident memory of this process and every Ray worker process (`ray::`) every 0.2 s; keeps the
+    peak, and the total at the start in `before`."""
+
+    def __init__(self):
+        import psutil
+
+        self._psutil, self.peak, self._stop = psutil, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _total(self) -> int:
+        total = 0
+        for process in self._psutil.process_iter(["pid", "name", "cmdline", "memory_info"]):
+            try:
+                command = " ".join(process.info["cmdline"] or [])
+                if process.info["pid"] == os.getpid() or command.startswith("ray::"):
+                    total += process.info["memory_info"].rss
+            except (self._psutil.Error, TypeError):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._total())
+            self._stop.wait(0.2)
+
+    def __enter__(self):
+        self.before = self._total()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def init_local_ray() -> None:
     """A local Ray of every core for a benchmark's process, whose workers import the example projects as
     Orchard's own jobs do (the projects' folders travel in the runtime env)."""
-    import os
-
     import ray
 
     from orchard.config import OrchardConfig
@@ -107,8 +143,6 @@ class SectionResults:
     (a later section's failure loses none)."""
 
     def __init__(self, work: Path):
-        import os
-
         self.path = work / "result.json"
         work.mkdir(parents=True, exist_ok=True)
         self.results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gib": round(

@@ -53,3 +53,31 @@ def test_the_report_names_the_machine_every_workload_and_what_did_not_finish():
     assert "within 1.5× of DuckDB's time | not met |" in text
     assert "- serve: exit 1; its log: serve.log" in text
     assert "```bash\npython -m bench.bench_pit_join\n```" in text
+
+
+def test_growth_is_judged_on_the_time_per_row_and_the_peak_memory_of_the_two_largest_sizes():
+    def point(seconds: float, memory_mb: int) -> dict:
+        return {"orchard": {"median_seconds": seconds, "peak_memory_mb_over_start": memory_mb},
+                "duckdb": {"median_seconds": seconds / 2}}
+
+    document = {"repeats": 3, "workloads": {"vacancy": {"4000000": point(4.0, 500), "16000000": point(17.0, 900)}},
+                "judged": {"vacancy": {"time_linear": True, "memory_bounded": True}}}
+    (workload,) = run_all.growth(document)
+    assert workload["target"]["met"] is True
+    assert ["vacancy", "16,000,000", 17.0, "1.062", 900, 8.5] in workload["tables"][0]["rows"]
+    document["judged"]["vacancy"]["memory_bounded"] = False
+    assert run_all.growth(document)[0]["target"]["met"] is False
+
+
+def test_growth_judges_linear_time_and_bounded_memory_from_the_two_largest_sizes():
+    from bench.bench_growth import judge
+
+    def point(seconds: float, memory_mb: int) -> dict:
+        return {"orchard": {"median_seconds": seconds, "peak_memory_mb_over_start": memory_mb}}
+
+    sizes = [1_000_000, 4_000_000, 16_000_000]
+    points = {"1000000": point(2.0, 300), "4000000": point(4.0, 500), "16000000": point(17.0, 900)}
+    assert judge(points, sizes) == {"seconds_per_million_rows": {"1000000": 2.0, "4000000": 1.0, "16000000": 1.062},
+                                    "time_linear": True, "memory_bounded": True}
+    points["16000000"] = point(25.0, 1000)  # 1.56 s per million rows against 1.0; the peak twice the middle one's
+    assert (judge(points, sizes)["time_linear"], judge(points, sizes)["memory_bounded"]) == (False, False)
