@@ -27,12 +27,9 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+# Every benchmark, then BENCHMARKS.md (bench/run_all.py); BENCH_ARGS="--quick" checks the chain on small data.
 bench: install
-	$(BIN)/python -m bench.bench_weekly_vacancy $(BENCH_ARGS)
-	$(BIN)/python -m bench.bench_pit_join $(BENCH_ARGS_PIT)
-	$(BIN)/python -m bench.bench_serve $(BENCH_ARGS_SERVE)
-	$(BIN)/python -m bench.bench_online $(BENCH_ARGS_ONLINE)
-	$(BIN)/python -m bench.bench_images $(BENCH_ARGS_IMAGES)
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) orchard-data .pytest_cache
