@@ -26,7 +26,9 @@ VERBOSE_ENV = "ORCHARD_VERBOSE"
 # How often Ray Train's controller polls its workers (Ray's default: every 2 s). A worker's `report` waits while
 # its previous one is unread (a queue of one), so epochs shorter than the interval ran one per poll, and each run
 # ended up to a poll after its last epoch: a 5-epoch network of the demo spent ~8 s of 30 waiting. Polling a
-# handful of workers four times as often costs next to nothing; the environment's own value wins.
+# handful of workers four times as often costs next to nothing. A value in the environment (the shell's, or a
+# job's `--runtime-env-json`) wins and reaches the controller without Orchard's runtime env repeating it (Ray
+# refuses to merge two runtime envs that set one variable).
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.5"
 
@@ -146,8 +148,9 @@ class OrchardConfig:
 
     def runtime_env(self) -> dict:
         """The Ray runtime env every Orchard job and worker runs with."""
-        env_vars = {**LEGACY_KERAS_ENV, TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S),
-                    "ORCHARD_STORAGE": self.storage, **self.extra_env}
+        env_vars = {**LEGACY_KERAS_ENV, "ORCHARD_STORAGE": self.storage, **self.extra_env}
+        if TRAIN_POLL_ENV not in os.environ:
+            env_vars[TRAIN_POLL_ENV] = TRAIN_POLL_S
         env_vars[VERBOSE_ENV] = "1" if self.verbose else "0"
         runtime_env: dict = {"env_vars": env_vars}
         if self.projects:

@@ -63,3 +63,12 @@ def test_an_s3_root_with_credentials_or_settings_in_it_is_refused_without_repeat
     with pytest.raises(ConfigError, match="AWS_\\* environment variables") as refused:
         normalize_storage_uri(uri)
     assert "secret123" not in str(refused.value) and "KEYID" not in str(refused.value)
+
+
+def test_ray_train_polls_its_workers_every_half_second_unless_the_environment_says_otherwise(monkeypatch):
+    from orchard.config import TRAIN_POLL_ENV
+
+    monkeypatch.delenv(TRAIN_POLL_ENV, raising=False)
+    assert OrchardConfig.from_sources(env={}).runtime_env()["env_vars"][TRAIN_POLL_ENV] == "0.5"
+    monkeypatch.setenv(TRAIN_POLL_ENV, "2")  # the user's (or their job's runtime env's) value reaches Ray itself
+    assert TRAIN_POLL_ENV not in OrchardConfig.from_sources(env={}).runtime_env()["env_vars"]
