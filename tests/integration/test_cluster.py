@@ -24,7 +24,8 @@ from tests.conftest import S3_TEST_KEYS
 from tests.helpers import answers, failure_looking_lines, free_port
 from tests.ray_head import WorkerNode, ray_head_cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The first test's set-up runs every job of the path (`pipeline`): about 6 minutes, over 10 in a slow hour.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 GLOBAL_BATCH = 64
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -307,33 +308,52 @@ def test_the_feature_pipeline_killed_at_random_points_loses_and_duplicates_nothi
         print(f"\n{kills.summary()}\n{files} files, {len(rows)} rows, {len(quarantined)} quarantined lines: exact")
 
 
+def _restore(snapshot: Path, online: Path) -> None:
+    """The online store as `snapshot` holds it: the file copied over, and the journal a killed writer may have left
+    beside the old one (SQLite's -wal and -shm files) removed, so that none of it is replayed into the copy."""
+    for leftover in (online, online.with_name(online.name + "-wal"), online.with_name(online.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copyfile(snapshot, online)
+
+
 @pytest.mark.timeout(1200)
 def test_materialization_killed_at_random_points_leaves_only_committed_rows_online(ray_cluster, tmp_path, capsys):
-    """Fifty times over: a new file lands and is committed (the feature pipeline, in this process), then
-    `orchard features materialize` into a second online store is killed at a random point of a whole run's span.
-    After each kill the store holds only rows of the committed table, at a version it had or the new one; after
-    one run that finishes, every buoy's latest reading."""
+    """Fifty times over, `orchard features materialize` bringing the online store from the table's first version
+    to its second is killed at a random point of a whole run's span. Kills follow each other on the same store (each
+    run starts from what the killed one left) until one run has brought the store to the second version; then the
+    store goes back to its first-version copy. After each kill the store holds only rows of the committed table, at
+    the version it had or the new one; after one run that finishes, every buoy's latest reading."""
+    import sqlite3
+
     from features.pipeline import run_feature_pipeline
 
     storage = Storage(str(tmp_path / "store"))
     online, pipeline_online = tmp_path / "online.sqlite", f"sqlite:///{tmp_path / 'pipeline-online.sqlite'}"
+    snapshot = tmp_path / "online-at-version-1.sqlite"
     rng = random.Random(SEED + 1)
     _write_trial(storage, 0)
     run_feature_pipeline(storage, GROUP, online_store=pipeline_online)
+    _whole(_feature_job(storage, "materialize", online))
+    with sqlite3.connect(online) as source, sqlite3.connect(snapshot) as copy:
+        source.backup(copy)  # one consistent file, whatever the store's journal holds
+    _write_trial(storage, 1)
+    run_feature_pipeline(storage, GROUP, online_store=pipeline_online)
+    rows, _ = _check_offline(storage, files=2)
+    first, committed = _check_online(online, rows), OfflineStore(storage).table_version(GROUP)
+    assert first < committed
     materialize_s = _whole(_feature_job(storage, "materialize", online))
-    files = 1
-    kills = Kills("materialization")
+    assert _check_online(online, rows) == committed
+    kills, restored = Kills("materialization"), 0
     ready = _feature_job(storage, "materialize", online)
     try:
         for _ in range(3 * KILLS):
             if kills.trials >= KILLS:
                 break
-            _write_trial(storage, files)
-            files += 1
-            run_feature_pipeline(storage, GROUP, online_store=pipeline_online)
-            rows, _ = _check_offline(storage, files)
-            committed = OfflineStore(storage).table_version(GROUP)
+            if _check_online(online, rows) == committed:
+                _restore(snapshot, online)
+                restored += 1
             before = _check_online(online, rows)
+            assert before == first
             job, ready = ready, _feature_job(storage, "materialize", online)
             code, err, _ = job.run(rng.uniform(0, materialize_s))
             materialized = _check_online(online, rows)
@@ -345,10 +365,12 @@ def test_materialization_killed_at_random_points_leaves_only_committed_rows_onli
     finally:
         ready.discard()
     assert kills.trials >= KILLS
+    if _check_online(online, rows) == committed:
+        _restore(snapshot, online)
     _whole(_feature_job(storage, "materialize", online))
-    rows, _ = _check_everything(storage, files, online)
+    rows, _ = _check_everything(storage, 2, online)
     with capsys.disabled():
-        print(f"\n{kills.summary()}\n{files} files, {len(rows)} rows: the online store exact")
+        print(f"\n{kills.summary()}; {restored} runs from the first version's copy; the online store exact")
 
 
 # -- training-dataset creation ---------------------------------------------------------------------------------------
