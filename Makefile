@@ -2,9 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# uv installs the same packages pip would, in a fifth of the time (27 s against 150 s on an empty cache), and with
-# --compile-bytecode writes every module's .pyc once (~20 s; compileall does Orchard's own): where PYTHONDONTWRITEBYTECODE is set, Python would
-# otherwise compile all it imports in every process (import tensorflow 17.6 s against 8.6 s, import ray 3.4 s against 0.9 s).
+# uv installs the same packages pip would, in a fifth of the time (27 s against 150 s on an empty cache).
+# --compile-bytecode (and compileall, for Orchard's own modules) writes every .pyc once, ~20 s: where
+# PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile all it imports (import tensorflow 17.6 s
+# against 8.6 s, import ray 3.4 s against 0.9 s).
 # The stamp holds a hash of pyproject.toml: an edited dependency list reinstalls, an unchanged one skips.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 

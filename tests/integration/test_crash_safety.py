@@ -349,10 +349,11 @@ def test_materialization_killed_at_random_points_leaves_only_committed_rows_onli
         for _ in range(3 * KILLS):
             if kills.trials >= KILLS:
                 break
-            if _check_online(online, rows) == committed:
+            before = _check_online(online, rows)
+            if before == committed:
                 _restore(snapshot, online)
                 restored += 1
-            before = _check_online(online, rows)
+                before = _check_online(online, rows)
             assert before == first
             job, ready = ready, _feature_job(storage, "materialize", online)
             code, err, _ = job.run(rng.uniform(0, materialize_s))
