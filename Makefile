@@ -15,7 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/python -m pip install -qq uv
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[cpu,dev]'
 	$(BIN)/python -m compileall -q -j 0 orchard features training serve pipelines monitoring examples tests bench
 	@rm -f $(VENV)/.installed-*
