@@ -1,18 +1,20 @@
 """Images: training images per second on Ray Train against plain tf-keras `fit`, batch inference over a folder of
 photos against a plain loop, and the latency of one photo over HTTP.
 
-    python -m bench.bench_images [--photos 2000] [--epochs 15] [--requests 300] [--json]
+    python -m bench.bench_images [--photos 2000] [--epochs 30] [--epochs-2-workers 8] [--requests 300] [--json]
 
 Sections (`--only train,batch,http` runs some), on generated apple photos (`examples/apple_images`) run through
 the feature pipeline and a training dataset, with the project's own network (`apple_defect_cnn`):
 
 - train: the training split through (a) plain tf-keras `model.fit` in a process of its own on NumPy arrays, the
-  same network, batch size and epochs, with every core and again with one oneDNN thread (`OMP_NUM_THREADS=1`,
-  what Ray gives a worker of 1 CPU); (b) Orchard's `train_network` (Ray Train, Ray Data shards, a checkpoint every
-  epoch) with 1 worker (Ray with 2 CPUs) and (c) with 2 workers (Ray with 3 logical CPUs on the 2 cores, so
-  that Ray Data keeps one to stream the data to two workers). Images per second in `fit` itself (epochs 2 to N, the first
-  holds TensorFlow's graph tracing) and over the whole run (start of the call to its end: Ray Train's worker
-  group start, data streaming, checkpoints). Ray Train's overhead is (b)'s against (a)'s.
+  same network, batch size and learning-rate schedule: on one oneDNN thread (`OMP_NUM_THREADS=1`, what Ray gives a
+  worker of 1 CPU) for `--epochs`, and with every core for `--epochs-2-workers`; (b) Orchard's `train_network`
+  (Ray Train, Ray Data shards, a checkpoint every epoch) with 1 worker (Ray with 2 CPUs) for `--epochs` and (c)
+  with 2 workers (Ray with 3 logical CPUs on the 2 cores, so that Ray Data keeps one to stream the data to two
+  workers) for `--epochs-2-workers`. Images per second in `fit` itself (per epoch, epochs 2 to N: the first holds
+  TensorFlow's graph tracing), the whole run (the plain script from its launch to its exit, Ray Train from the
+  call to its return), and the time from the start to the end of the first epoch at `--target-accuracy`
+  validation accuracy. Ray Train's overhead is (b)'s whole run against the one-thread plain script's.
 - batch: `serve.batch.run_batch_inference` over a folder of photos (an actor pool of 1, and of 2; a run
   includes starting its actors, which import TensorFlow and load the network) against one Python process, the
   network already loaded, reading each file, decoding it with the same `decode_image` and predicting 256
@@ -54,9 +56,11 @@ def _prepare(storage, photos: int) -> None:
     create_training_dataset(storage, get_view("apple_defects"), RandomSplit(seed=0))
 
 
-def _plain_fit(storage, epochs: int, work: Path) -> dict:
-    """The same network, data and batch size, trained by `model.fit` on arrays in a process of its own: once with
-    every core, once with one oneDNN thread, as Ray gives a worker of 1 CPU (`OMP_NUM_THREADS=1`)."""
+def _plain_fit(storage, runs: dict[str, tuple[str | None, int]], work: Path, target: float) -> dict:
+    """The same network, data, batch size and learning-rate schedule, trained by `model.fit` on arrays in a process
+    of its own, once per entry of `runs` (label -> (OMP_NUM_THREADS or None for every core, epochs)). Each process
+    is timed from its launch to its exit: the interpreter, TensorFlow's import and reading the arrays are inside,
+    as they are for a user's own training script."""
     import subprocess
     import sys
 
@@ -80,89 +84,128 @@ def _plain_fit(storage, epochs: int, work: Path) -> dict:
               "feature_mean": summary["mean"], "feature_variance": summary["variance"],
               "learning_rate": spec.flavor.learning_rate, "images": [list(i) for i in _image_layout(data.inputs)]}
     np.savez(work / "plain_fit.npz", x=x, y=y, vx=vx, vy=vy)
-    (work / "plain_fit.json").write_text(json.dumps({"inputs": inputs, "epochs": epochs}))
+    (work / "plain_fit.json").write_text(json.dumps({"inputs": inputs}))
     results = {}
-    for label, threads in (("plain_fit", None), ("plain_fit_1_thread", "1")):
+    for label, (threads, epochs) in runs.items():
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         if threads:
             env["OMP_NUM_THREADS"] = threads
-        run = subprocess.run([sys.executable, "-m", "bench.bench_images", "--plain-fit", str(work)], env=env,
-                             capture_output=True, text=True, check=False)
+        launched = time.time()
+        run = subprocess.run([sys.executable, "-m", "bench.bench_images", "--plain-fit", str(work),
+                              "--epochs", str(epochs)], env=env, capture_output=True, text=True, check=False)
+        total = time.time() - launched
         if run.returncode != 0:
             raise RuntimeError(f"plain fit failed: {run.stderr[-2000:]}")
-        results[label] = json.loads(run.stdout.strip().splitlines()[-1])
+        epochs_run = json.loads(run.stdout.strip().splitlines()[-1])
+        results[label] = _throughput(len(y), epochs_run["fit_seconds"],
+                                     [t - launched for t in epochs_run["ended_at"]], total,
+                                     epochs_run["val_accuracy"], target)
+        results[label]["threads"] = threads or "all"
     return results
 
 
-def _plain_fit_process(work: Path) -> None:
-    """The child of `_plain_fit`: fit on the saved arrays, print the throughput as one JSON line."""
+def _plain_fit_process(work: Path, epochs: int) -> None:
+    """The child of `_plain_fit`: fit on the saved arrays epoch by epoch with the flavor's learning-rate schedule,
+    print each epoch's time in fit, its end (wall clock) and its validation accuracy as one JSON line."""
     from training.catalog import get_spec
-    from training.flavors.keras import NetworkInputs, import_tensorflow
+    from training.flavors.keras import NetworkInputs, _set_learning_rate, import_tensorflow
 
     _, tf_keras = import_tensorflow()
     arrays = np.load(work / "plain_fit.npz")
-    setup = json.loads((work / "plain_fit.json").read_text())
-    raw = setup["inputs"]
+    raw = json.loads((work / "plain_fit.json").read_text())["inputs"]
     inputs = NetworkInputs(**{**raw, "feature_columns": tuple(raw["feature_columns"]), "classes": tuple(raw["classes"]),
                               "feature_mean": tuple(raw["feature_mean"]),
                               "feature_variance": tuple(raw["feature_variance"]),
                               "images": tuple((c, o, tuple(shape)) for c, o, shape in raw["images"])})
     spec = get_spec(MODEL)
     tf_keras.utils.set_random_seed(spec.seed)
-    started = time.perf_counter()
     model = spec.flavor.builder()(inputs, **spec.flavor.params)
-    epoch_seconds = []
-    for epoch in range(setup["epochs"]):
+    schedule = {"name": MODEL, "learning_rate_schedule": spec.flavor.learning_rate_schedule, "epochs": epochs,
+                "inputs": {"learning_rate": spec.flavor.learning_rate}}
+    fit_seconds, ended_at, accuracy = [], [], []
+    for epoch in range(epochs):
         began = time.perf_counter()
-        model.fit(arrays["x"], arrays["y"], validation_data=(arrays["vx"], arrays["vy"]),
-                  batch_size=spec.flavor.batch_size, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=True)
-        epoch_seconds.append(time.perf_counter() - began)
-    total = time.perf_counter() - started
-    accuracy = model.evaluate(arrays["vx"], arrays["vy"], verbose=0)[1]
-    print(json.dumps(_throughput(len(arrays["y"]), epoch_seconds, total, accuracy)))
+        _set_learning_rate(model, schedule, epoch + 1)
+        fitted = model.fit(arrays["x"], arrays["y"], validation_data=(arrays["vx"], arrays["vy"]),
+                           batch_size=spec.flavor.batch_size, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                           shuffle=True)
+        fit_seconds.append(time.perf_counter() - began)
+        ended_at.append(time.time())
+        accuracy.append(float(fitted.history["val_accuracy"][-1]))
+    print(json.dumps({"fit_seconds": fit_seconds, "ended_at": ended_at, "val_accuracy": accuracy}))
 
 
-def _throughput(images: int, epoch_seconds: list[float], total: float, accuracy: float | None) -> dict:
-    steady = epoch_seconds[1:] or epoch_seconds
-    return {"train_images": images, "epochs": len(epoch_seconds),
+def _throughput(images: int, fit_seconds: list[float], ended_after: list[float], total: float,
+                accuracy: list[float], target: float) -> dict:
+    """Images per second in fit (epochs 2 to N: the first traces TensorFlow's graph; every epoch's figure kept)
+    and over the whole run; the time from the start to the end of the first epoch whose validation accuracy
+    reached `target`."""
+    steady = fit_seconds[1:] or fit_seconds
+    reached = next((i for i, value in enumerate(accuracy) if value >= target), None)
+    return {"train_images": images, "epochs": len(fit_seconds),
             "fit_images_per_s": round(images * len(steady) / sum(steady), 1),
-            "run_images_per_s": round(images * len(epoch_seconds) / total, 1), "run_seconds": round(total, 2),
-            "validation_accuracy": None if accuracy is None else round(float(accuracy), 3)}
+            "fit_images_per_s_per_epoch": [round(images / s, 1) for s in steady],
+            "run_images_per_s": round(images * len(fit_seconds) / total, 1), "run_seconds": round(total, 2),
+            "first_epoch_ended_s": round(ended_after[0], 2),
+            "validation_accuracy": round(max(accuracy), 3), "val_accuracy_per_epoch": [round(a, 3) for a in accuracy],
+            "target_accuracy": target,
+            "epochs_to_target": None if reached is None else reached + 1,
+            "seconds_to_target": None if reached is None else round(ended_after[reached], 2)}
 
 
-def bench_train(config, epochs: int, keep, work: Path) -> dict:
+def bench_train(config, epochs: int, epochs_2_workers: int, target: float, keep, work: Path) -> dict:
     """Plain fits and one worker on a Ray of 2 CPUs (a laptop's local Ray); two workers on one of 3 logical CPUs,
-    as two workers of one CPU each leave none for Ray Data on 2 (measured: one worker trains ~25% slower on 3)."""
+    as two workers of one CPU each leave none for Ray Data on 2 (measured: one worker trains ~25% slower on 3).
+    One thread against one worker for `epochs` (the overhead's run, a minute or more), every core against two
+    workers for `epochs_2_workers` (throughput only: two workers on two cores are slower than one)."""
     from orchard.runtime import ray_session
     from orchard.storage import Storage
 
     storage = Storage(config.storage)
     with ray_session(config.with_overrides(num_cpus=2), quiet=True):
         _prepare(storage, PHOTOS[0])
-        results = _plain_fit(storage, epochs, work)
+        results = _plain_fit(storage, {"plain_fit_1_thread": ("1", epochs), "plain_fit": (None, epochs_2_workers)},
+                             work, target)
         keep("train", results)
-        _train_run(storage, 1, epochs, results, keep)
+        _train_run(storage, 1, epochs, target, results, keep, work)
     with ray_session(config.with_overrides(num_cpus=3), quiet=True):
-        _train_run(storage, 2, epochs, results, keep)
-    for workers in (1, 2):
+        _train_run(storage, 2, epochs_2_workers, target, results, keep, work)
+    for workers, baseline in ((1, "plain_fit_1_thread"), (2, "plain_fit")):
         mine = results[f"ray_train_{workers}_worker"]
-        for baseline in ("plain_fit", "plain_fit_1_thread"):
-            for measure in ("fit", "run"):
-                mine[f"{measure}_vs_{baseline}"] = round(
-                    mine[f"{measure}_images_per_s"] / results[baseline][f"{measure}_images_per_s"], 2)
+        for measure in ("fit", "run"):
+            mine[f"{measure}_vs_{baseline}"] = round(
+                mine[f"{measure}_images_per_s"] / results[baseline][f"{measure}_images_per_s"], 2)
+    one, plain = results["ray_train_1_worker"], results["plain_fit_1_thread"]
+    results["overhead_1_worker"] = round(one["run_seconds"] / plain["run_seconds"] - 1, 3)
     return results
 
 
-def _train_run(storage, workers: int, epochs: int, results: dict, keep) -> None:
+def _train_run(storage, workers: int, epochs: int, target: float, results: dict, keep, work: Path) -> None:
+    """`train_network` timed from the call to its return; each epoch's end is the wall-clock time the worker
+    writes after that epoch's checkpoint is reported (the `after_epoch` hook)."""
     from training.catalog import get_spec
     from training.flavors.keras import train_network
 
-    started = time.perf_counter()
-    run = train_network(storage, get_spec(MODEL), workers=workers, epochs=epochs, run_name=f"bench-{workers}w")
-    total = time.perf_counter() - started
-    epoch_seconds = [m["fit_seconds"] for m in run["history"]]
-    results[f"ray_train_{workers}_worker"] = _throughput(run["rows"]["train"], epoch_seconds, total,
-                                                         run["history"][-1].get("val_accuracy"))
+    marks = work / f"epochs-{workers}w.txt"
+    marks.unlink(missing_ok=True)
+    path = str(marks)
+
+    def mark(epoch: int) -> None:  # runs in the rank-0 worker and every other; the first line per epoch counts
+        with open(path, "a") as handle:
+            handle.write(f"{epoch} {time.time()}\n")
+
+    launched = time.time()
+    run = train_network(storage, get_spec(MODEL), workers=workers, epochs=epochs, run_name=f"bench-{workers}w",
+                        after_epoch=mark)
+    total = time.time() - launched
+    ended: dict[int, float] = {}
+    for line in marks.read_text().splitlines():
+        epoch, when = line.split()
+        ended.setdefault(int(epoch), float(when))
+    history = run["history"]
+    results[f"ray_train_{workers}_worker"] = _throughput(
+        run["rows"]["train"], [m["fit_seconds"] for m in history],
+        [ended[int(m["epoch"])] - launched for m in history], total, [m["val_accuracy"] for m in history], target)
     keep("train", results)
 
 
@@ -234,7 +277,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="train,batch,http")
     parser.add_argument("--photos", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=30, help="plain fit on one thread and one Ray Train worker")
+    parser.add_argument("--epochs-2-workers", type=int, default=8, help="plain fit on every core and two workers")
+    parser.add_argument("--target-accuracy", type=float, default=0.85, help="for the time to a target accuracy")
     parser.add_argument("--batch-photos", type=int, default=2000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
@@ -243,7 +288,7 @@ def main() -> None:
     parser.add_argument("--plain-fit", help=argparse.SUPPRESS)  # the plain tf-keras baseline's own process
     args = parser.parse_args()
     if args.plain_fit:
-        return _plain_fit_process(Path(args.plain_fit))
+        return _plain_fit_process(Path(args.plain_fit), args.epochs)
     sections = set(args.only.split(","))
 
     from orchard.config import OrchardConfig
@@ -262,7 +307,7 @@ def main() -> None:
         storage = Storage(config.storage)
         PHOTOS[0] = args.photos
         if "train" in sections:
-            keep("train", bench_train(config, args.epochs, keep, work))
+            keep("train", bench_train(config, args.epochs, args.epochs_2_workers, args.target_accuracy, keep, work))
         with ray_session(config, quiet=True):
             _prepare(storage, args.photos)
             if sections & {"batch", "http"}:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -109,14 +110,20 @@ def summary_row(workload: dict) -> str:
 
 def render(results: dict) -> str:
     machine = results["machine"]
-    workloads = sorted(results["workloads"], key=lambda w: (int(w["id"]) if str(w["id"]).isdigit() else 99, w["id"]))
+    workloads = sorted(results["workloads"], key=lambda w: (int(re.match(r"\d*", str(w["id"])).group() or 99),
+                                                            str(w["id"])))
+    seconds = results.get("seconds") or sum(results.get("seconds_per_benchmark", {}).values())
+    when = results.get("finished", "a run that had not finished")
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `make bench` ({results['command']}) on {results['finished']}, in "
-        f"{results['seconds'] / 60:.1f} minutes. Machine: {machine['cpus']} cores, {machine['memory_gib']} GiB of "
+        f"Written by `make bench` ({results['command']}) on {when}, in "
+        f"{seconds / 60:.1f} minutes. Machine: {machine['cpus']} cores, {machine['memory_gib']} GiB of "
         f"memory, {machine.get('platform', '')}; Python {machine.get('python', '')}, Ray {machine.get('ray', '')}.",
         "",
+        *(["Run again since, with `--update` (the same command and sizes): "
+           + ", ".join(f"{name} on {when}" for name, when in results["updated"].items()) + ".", ""]
+          if results.get("updated") else []),
         "Both sides of every comparison ran in this run, on the same data, taking turns. Medians of the runs "
         "shown, with their spread: this machine is shared and its speed varies by hour, so the ratios are the "
         "figures to compare, not the absolute times.",

@@ -349,6 +349,23 @@ def _key_codes(label_keys: list[pa.Array], sources_keys: list[list[pa.Array]]) -
     return label_codes, source_codes, count
 
 
+def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each value's rank among the distinct values (0 for the smallest), and how many distinct values there are.
+
+    One sort and a scatter: `np.unique` (hashing in NumPy 2) and a binary search of every value in its result took
+    18 s for 8M times in one bucket of the 4M-label benchmark, where this takes about 2 s.
+    """
+    order = np.argsort(values)
+    ordered = values[order]
+    new = np.empty(len(values), dtype=np.int64)
+    new[:1] = 1
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:], casting="unsafe")
+    distinct = np.cumsum(new, out=new)
+    ranks = np.empty(len(values), dtype=np.int64)
+    ranks[order] = distinct - 1
+    return ranks, int(distinct[-1]) if len(values) else 0
+
+
 def _finer_unit(*units: str) -> str:
     return min(units, key=_UNIT_NANOSECONDS.__getitem__)
 
@@ -406,10 +423,11 @@ def _as_of_rows(group: _KeyGroup, labels: pa.Table, label_time: str, rows: list[
         label_offsets = label_times - earliest
         offsets = [None if c is None else c.times - earliest for c in candidates]
     else:  # too wide to pack as they are: times become their rank among all times of the bucket
-        distinct = np.unique(np.concatenate([label_times, *(c.times for c in present)]))
-        label_offsets = np.searchsorted(distinct, label_times)
-        offsets = [None if c is None else np.searchsorted(distinct, c.times) for c in candidates]
-        span = len(distinct)
+        ranks, span = _dense_ranks(np.concatenate([label_times, *(c.times for c in present)]))
+        ends = np.cumsum([len(label_times), *(len(c.times) for c in present)])
+        label_offsets, *present_offsets = np.split(ranks, ends[:-1])
+        ranked = iter(present_offsets)
+        offsets = [None if c is None else next(ranked) for c in candidates]
         if int(key_count) * int(span) >= 1 << 63:  # would overflow int64: refuse rather than mis-sort
             raise ValueError(f"point-in-time join: {key_count} keys x {span} distinct times in one bucket are too many "
                              "to pack into 64 bits; join with more buckets")

@@ -81,3 +81,74 @@ def test_growth_judges_linear_time_and_bounded_memory_from_the_two_largest_sizes
                                     "time_linear": True, "memory_bounded": True}
     points["16000000"] = point(25.0, 1000)  # 1.56 s per million rows against 1.0; the peak twice the middle one's
     assert (judge(points, sizes)["time_linear"], judge(points, sizes)["memory_bounded"]) == (False, False)
+
+
+def _training_run(epochs: int, fit_per_epoch: list[float], run_seconds: float, to_target: float | None) -> dict:
+    return {"train_images": 1414, "epochs": epochs, "fit_images_per_s": sum(fit_per_epoch) / len(fit_per_epoch),
+            "fit_images_per_s_per_epoch": fit_per_epoch, "run_images_per_s": 1414 * epochs / run_seconds,
+            "run_seconds": run_seconds, "first_epoch_ended_s": 20.0, "validation_accuracy": 0.95,
+            "target_accuracy": 0.85, "epochs_to_target": None if to_target is None else 5,
+            "seconds_to_target": to_target}
+
+
+def test_training_overhead_is_the_whole_run_against_the_plain_script_of_a_minute_or_more():
+    train = {"plain_fit_1_thread": _training_run(30, [600.0] * 29, 100.0, 40.0),
+             "plain_fit": _training_run(8, [620.0] * 7, 30.0, 25.0),
+             "ray_train_1_worker": _training_run(30, [590.0] * 29, 108.0, 45.0),
+             "ray_train_2_worker": _training_run(8, [250.0] * 7, 70.0, None), "overhead_1_worker": 0.08}
+    (training,) = run_all.images({"train": train})
+    assert training["target"]["met"] is True
+    assert round(report.ratio(training, "ray_train_1_worker", "plain_fit_1_thread"), 3) == round(590 / 600, 3)
+    text = report.render_workload({**training, "command": "make bench"})
+    assert "overhead at one worker over the whole run: +8% (108.0 s against 100.0 s" in text
+    assert "Time to 85% validation accuracy: Ray Train 45.0 s (epoch 5), plain fit 40.0 s" in text
+    assert "| Ray Train, 2 workers | 8 | 250 | 70.0 | 20.0 | 0.95 | — | — |" in text
+    assert run_all.images({"train": {**train, "overhead_1_worker": 0.12}})[0]["target"]["met"] is False
+    short = {**train, "plain_fit_1_thread": _training_run(30, [600.0] * 29, 55.0, 40.0)}
+    assert run_all.images({"train": short})[0]["target"]["met"] is False  # a run under a minute does not count
+
+
+def test_online_lookups_are_judged_on_the_feature_values_path_against_feast():
+    def sizes(p50: float) -> dict:
+        return {"1": {"p50_ms": p50, "p99_ms": 2 * p50}, "10": {"p50_ms": 3 * p50, "p99_ms": 4 * p50}}
+
+    lookup = {"entities": 1000, "features": 3, "lookups_per_size": 50, "feast_version": "0.67.0",
+              "orchard_sqlite": sizes(0.5), "orchard_sqlite_vector": sizes(0.2), "feast_sqlite": sizes(0.4)}
+    (workload,) = run_all.online({"lookup": lookup})
+    assert workload["target"]["met"] is True  # the values path, 0.2 ms, against Feast's 0.4 ms
+    assert ["Orchard SQLite, Arrow rows", "0.5 / 1.0", "1.5 / 2.0"] in workload["tables"][0]["rows"]
+    lookup["orchard_sqlite_vector"] = sizes(0.45)
+    assert run_all.online({"lookup": lookup})[0]["target"]["met"] is False
+
+
+def test_a_missed_target_says_which_part_missed_and_shows_the_profile():
+    def point(rate: float, p99: float) -> dict:
+        return {"requests_per_second": rate, "windows": [rate] * 5, "p50_ms": 5.0, "p99_ms": p99, "failures": 0}
+
+    document = {"windows": 5, "seconds_per_window": 2.0, "models": {"tree": {
+        "plain@16": point(2000.0, 16.0), "serve-direct@16": point(1700.0, 30.0), "serve-proxy@16": point(700.0, 80.0)}}}
+    why = run_all.serving(document)[0]["target"]["why"]
+    assert why.startswith("Missed: its p99 30.0 ms (≤ 25 ms; the plain server's: 16.0 ms). Profile")
+    phases = {"read the 4 inputs": [1.2, 1.0, 1.1], "join": [0.7, 0.8, 0.75], "write": [0.4, 0.5, 0.45]}
+    (pit,) = run_all.pit_join({"labels": 10, "groups": 3, "rows_per_group": 10, "orchard_phases": phases,
+                               "methods": _methods(orchard=[2.3] * 5, duckdb=[1.0] * 5, pandas=[1.5] * 5)})
+    assert "reading the four inputs into Ray's object store takes 1.10 s of Orchard's 2.30 s" in pit["target"]["why"]
+    assert ["join", 0.75, "0.70, 0.80, 0.75"] in pit["tables"][0]["rows"]
+
+
+def test_a_report_updated_with_some_benchmarks_again_says_which_and_when():
+    results = {"machine": {"cpus": 2, "memory_gib": 24}, "command": "make bench", "finished": "2026-12-03 23:02 UTC",
+               "seconds": 2844.0, "updated": {"pit": "2026-12-03 23:30 UTC"}, "workloads": []}
+    text = report.render(results)
+    assert "in 47.4 minutes" in text
+    assert "Run again since, with `--update` (the same command and sizes): pit on 2026-12-03 23:30 UTC." in text
+
+
+def test_a_missed_growth_target_names_the_workload_and_the_half_that_missed():
+    document = {"repeats": 3, "workloads": {}, "judged": {
+        "vacancy": {"time_linear": True, "memory_bounded": True},
+        "pit_join": {"time_linear": True, "memory_bounded": False}}}
+    (workload,) = run_all.growth(document)
+    assert workload["target"]["why"].startswith("Missed: pit_join: memory not bounded. The point-in-time join is")
+    document["judged"]["pit_join"]["memory_bounded"] = True
+    assert run_all.growth(document)[0]["target"]["why"] is None

@@ -215,3 +215,37 @@ def test_keep_best_registers_the_epoch_of_lowest_validation_loss_and_skips_nan()
 def test_keep_best_without_a_finite_validation_loss_keeps_the_last_epoch_and_says_so(caplog):
     assert _run("best", [float("nan"), float("inf")]) == "epoch_2"
     assert "no epoch has a finite validation loss" in caplog.text
+
+
+class _CountingShard:
+    """A worker's dataset shard whose rows are counted each time TensorFlow reads them."""
+
+    def __init__(self, rows: int, n_features: int = 3):
+        self.rows, self.n_features, self.reads = rows, n_features, 0
+
+    def to_tf(self, feature_columns, label_columns, batch_size, feature_type_spec, label_type_spec):
+        import tensorflow as tf
+
+        def batches():
+            self.reads += 1
+            for start in range(0, self.rows, batch_size):
+                ids = np.arange(start, min(start + batch_size, self.rows))
+                yield np.repeat(ids[:, None], self.n_features, axis=1).astype(np.float32), ids
+
+        return tf.data.Dataset.from_generator(batches, output_signature=(feature_type_spec, label_type_spec))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_cached_shard_is_read_from_ray_data_once_and_still_shuffled_every_epoch(shuffle):
+    from training.flavors.keras import _tf_dataset
+
+    config = {"task": "classification", "batch_size": 16, "n_features": 3, "shuffle_buffer": 2048}
+    epochs = {}
+    for cache in (False, True):
+        shard = _CountingShard(300)
+        batches = _tf_dataset(shard, config, shuffle=shuffle, cache=cache)
+        epochs[cache] = [np.concatenate([target.numpy() for _, target in batches]) for _ in range(3)]
+        assert shard.reads == (1 if cache else 3)
+    for order in epochs[True]:
+        assert sorted(order) == list(range(300))  # every row once per epoch
+    assert (len({tuple(order) for order in epochs[True]}) == 3) is shuffle  # a new order each epoch

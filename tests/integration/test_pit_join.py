@@ -292,11 +292,13 @@ def test_an_ill_formed_join_is_refused_naming_the_problem(ray_cluster, changes, 
 
 
 def test_keys_and_times_too_wide_to_pack_match_the_same_rows(monkeypatch):
-    # With a tiny packing limit every bucket renumbers its key combinations and ranks its times.
+    # With a tiny packing limit every bucket renumbers its key combinations and ranks its times; labels 4 and 5
+    # fall exactly on a feature row's time (equal times must get equal ranks: the bound is inclusive).
     from features import pit_join
 
-    labels = pa.table({"label_id": [0, 1, 2, 3], "user_id": [1, 1, 2, 2], "hotel_id": ["a", "b", "a", "a"],
-                       "label_at": timestamps([at(5), at(5), at(3), at(9)], pa.timestamp("ns", "UTC"))})
+    labels = pa.table({"label_id": [0, 1, 2, 3, 4, 5], "user_id": [1, 1, 2, 2, 1, 2],
+                       "hotel_id": ["a", "b", "a", "a", "a", "a"],
+                       "label_at": timestamps([at(5), at(5), at(3), at(9), at(4), at(8)], pa.timestamp("ns", "UTC"))})
     rows = pa.table({"user": [1, 1, 2, 2, 2], "hotel": ["a", "b", "a", "a", "b"],
                      "seen_at": timestamps([at(4), at(6), at(1), at(8), at(2)], pa.timestamp("s")),
                      "clicks": [10, 20, 30, 40, 50]})
@@ -311,4 +313,4 @@ def test_keys_and_times_too_wide_to_pack_match_the_same_rows(monkeypatch):
 
     packed = clicks()
     monkeypatch.setattr(pit_join, "_PACKED_LIMIT", 4)
-    assert clicks() == packed == ([10, None, 30, 40], 4, [1])
+    assert clicks() == packed == ([10, None, 30, 40, 10, 40], 6, [1])

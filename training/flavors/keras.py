@@ -338,9 +338,10 @@ def build_model(config: dict):
     return model
 
 
-def _tf_dataset(shard, config: dict, shuffle: bool = False):
+def _tf_dataset(shard, config: dict, shuffle: bool = False, cache: bool = False):
     """The worker's shard as (features, target) batches; Ray Data's `to_tf` already turns TF's auto-sharding off.
-    With `shuffle`, the rows pass a shuffle buffer that draws anew every epoch."""
+    With `shuffle`, the rows pass a shuffle buffer that draws anew every epoch. With `cache`, the first epoch's rows
+    stay in TensorFlow's memory and later epochs read them from there instead of from Ray Data again."""
     import tensorflow as tf
 
     target_type = tf.int64 if config["task"] == "classification" else tf.float32
@@ -354,11 +355,13 @@ def _tf_dataset(shard, config: dict, shuffle: bool = False):
                            label_type_spec=tf.TensorSpec((None,), target_type))
 
     if not buffer:
-        return batches(batch_size)
+        return batches(batch_size).cache() if cache else batches(batch_size)
     # Rows come from Ray Data in chunks and are shuffled by TensorFlow (in C++, drawn anew every epoch): Ray Data's
     # own local shuffle buffer (`local_shuffle_buffer_size`) halved the apple network's training speed.
-    return (batches(max(batch_size, 256)).unbatch().shuffle(buffer, reshuffle_each_iteration=True)
-            .batch(batch_size))
+    rows = batches(max(batch_size, 256)).unbatch()
+    if cache:  # before the shuffle, so that every epoch still draws its own order
+        rows = rows.cache()
+    return rows.shuffle(buffer, reshuffle_each_iteration=True).batch(batch_size)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -383,8 +386,9 @@ def train_loop_per_worker(config: dict) -> None:
                     completed = json.load(handle)["epoch"]
             log.info("resuming %s after epoch %d from %s", config["name"], completed, checkpoint.path)
 
-    train = _tf_dataset(ray.train.get_dataset_shard("train"), config, shuffle=True)
-    validation = _tf_dataset(ray.train.get_dataset_shard("validation"), config)
+    cache = config.get("cache", {})
+    train = _tf_dataset(ray.train.get_dataset_shard("train"), config, shuffle=True, cache=cache.get("train", False))
+    validation = _tf_dataset(ray.train.get_dataset_shard("validation"), config, cache=cache.get("validation", False))
     context = ray.train.get_context()
     is_chief = context.get_world_rank() == 0
     environment = {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__, "ray": ray.__version__,
@@ -471,6 +475,7 @@ def train_network(
     model is not registered.
     """
     import_tensorflow()  # before ray.train.tensorflow, which imports TensorFlow
+    from ray.data.dataset import MaterializedDataset
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -513,6 +518,12 @@ def train_network(
         "params": dict(flavor.params),
         "batch_size": flavor.batch_size,
         "shuffle_buffer": flavor.shuffle_buffer,
+        # Splits the driver keeps in the object store are small: a worker keeps its rows after the first epoch
+        # (measured on the apple photos' network: see bench/README.md). Training rows only where the shuffle
+        # buffer holds them all, so that every epoch is still a whole new order.
+        "cache": {"validation": isinstance(data.splits["validation"], MaterializedDataset),
+                  "train": isinstance(data.splits["train"], MaterializedDataset)
+                  and (not flavor.shuffle_buffer or data.rows["train"] <= flavor.shuffle_buffer)},
         "learning_rate_schedule": flavor.learning_rate_schedule,
         "epochs": epochs,
         "seed": spec.seed,
