@@ -148,17 +148,21 @@ def bench_data(config: BenchConfig) -> BenchData:
 # ---------------------------------------------------------------- the three methods
 
 
+def _as_of_sources(datasets: dict) -> list:
+    """The join's sources over each group's dataset (name -> Ray Dataset)."""
+    from features.pit_join import AsOfSource
+
+    return [AsOfSource(name=g.name, dataset=datasets[g.name], keys=("user_id",), label_keys=("user_id",),
+                       event_time=g.event_time, features=g.features, ttl=g.ttl) for g in GROUPS]
+
+
 def run_orchard(data: BenchData, output: Path) -> None:
     import ray.data
 
-    from features.pit_join import AsOfSource, point_in_time_join
+    from features.pit_join import point_in_time_join
 
     labels = ray.data.read_parquet([str(f) for f in data.labels])
-    sources = [
-        AsOfSource(name=g.name, dataset=ray.data.read_parquet([str(f) for f in data.groups[g.name]]),
-                   keys=("user_id",), label_keys=("user_id",), event_time=g.event_time, features=g.features, ttl=g.ttl)
-        for g in GROUPS
-    ]
+    sources = _as_of_sources({g.name: ray.data.read_parquet([str(f) for f in data.groups[g.name]]) for g in GROUPS})
     joined, stats = point_in_time_join(labels, LABEL_TIME, sources)
     joined.write_parquet(str(output))
     log.info("orchard: %s", stats)
@@ -170,7 +174,7 @@ def profile_orchard(data: BenchData, output: Path, repeats: int) -> dict[str, li
     and the write."""
     import ray.data
 
-    from features.pit_join import AsOfSource, point_in_time_join
+    from features.pit_join import point_in_time_join
 
     phases: dict[str, list[float]] = {"read the 4 inputs": [], "join": [], "write": []}
     for _ in range(repeats):
@@ -180,9 +184,7 @@ def profile_orchard(data: BenchData, output: Path, repeats: int) -> dict[str, li
         read = {g.name: ray.data.read_parquet([str(f) for f in data.groups[g.name]]).select_columns(
             list(dict.fromkeys(["user_id", g.event_time, *g.features]))).materialize() for g in GROUPS}
         joining = time.perf_counter()
-        sources = [AsOfSource(name=g.name, dataset=read[g.name], keys=("user_id",), label_keys=("user_id",),
-                              event_time=g.event_time, features=g.features, ttl=g.ttl) for g in GROUPS]
-        joined, _ = point_in_time_join(labels, LABEL_TIME, sources)
+        joined, _ = point_in_time_join(labels, LABEL_TIME, _as_of_sources(read))
         writing = time.perf_counter()
         joined.write_parquet(str(output))
         ended = time.perf_counter()
