@@ -10,7 +10,7 @@ measured both ways a client reaches it: through Serve's HTTP proxy
 (`serve-proxy`) and straight to the replica's own port (`serve-direct`, Serve's
 direct ingress, as Orchard runs Ray: `orchard.runtime.SERVE_ENV`). A load
 generator in this process (aiohttp, one keep-alive connection per concurrent
-client) keeps `connections` requests in flight: a 2 s warm-up, then `windows`
+client) keeps `connections` requests in flight: a warm-up (`--warmup`, 2 s), then `windows`
 windows of `seconds` each; requests per second is the median over the windows
 (each window's figure is kept), latency percentiles are over all of them. The
 targets (issue 18), at 16 connections: straight to the replica at least 0.8x
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--models", default="fruit_classifier,fruit_dnn_classifier")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one measured window")
     parser.add_argument("--windows", type=int, default=5, help="measured windows per point (the median is quoted)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the first window")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     connection_counts = [int(n) for n in args.connections.split(",")]
@@ -167,7 +168,7 @@ def main() -> None:
                     for connections in connection_counts:
                         for name, url in servers.items():
                             results[model][f"{name}@{connections}"] = measure(url, model, connections, args.seconds,
-                                                                              args.windows)
+                                                                              args.windows, args.warmup)
                 serve.shutdown()
             finally:
                 plain.terminate()

@@ -213,8 +213,22 @@ def run_duckdb(files: list[Path], output: Path) -> None:
         connection.execute(query)
 
 
+def run_orchard_unreserved(files: list[Path], output: Path) -> None:
+    """`run_orchard` with Ray Data's per-operator resource reservation off for this run only: not a method users
+    get (Orchard keeps Ray's default), the measure of what the reservation costs on this machine."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    kept = context.op_resource_reservation_enabled
+    context.op_resource_reservation_enabled = False
+    try:
+        run_orchard(files, output)
+    finally:
+        context.op_resource_reservation_enabled = kept
+
+
 RUNNERS: dict[str, Callable[[list[Path], Path], None]] = {
-    "orchard": run_orchard, "pandas": run_pandas, "duckdb": run_duckdb,
+    "orchard": run_orchard, "pandas": run_pandas, "duckdb": run_duckdb, "orchard_unreserved": run_orchard_unreserved,
 }
 
 

@@ -116,7 +116,7 @@ def time_methods(runners: dict, inputs, outputs_dir: Path, repeats: int, check) 
     for repeat in range(repeats + 1):
         outputs = {}
         for method, run in runners.items():
-            output = outputs_dir / (method if method == "orchard" else f"{method}.parquet")
+            output = outputs_dir / (method if method.startswith("orchard") else f"{method}.parquet")
             remove(output)
             started = time.perf_counter()
             run(inputs, output)

@@ -6,7 +6,7 @@ to the baselines, the target and whether it holds, the machine, and the command 
 `bench.run_all` (what `make bench` runs) writes RESULTS.json, then calls `render`. A workload is a dict:
 
     {"id": "1", "title": ..., "command": ..., "unit": "s", "better": "lower",
-     "figures": [{"method": ..., "role": "orchard" | "baseline", "values": [...], "note": ...}, ...],
+     "figures": [{"method": ..., "role": "orchard" | "baseline" | "profile", "values": [...], "note": ...}, ...],
      "ratios": [{"orchard": METHOD, "baseline": METHOD}],           # orchard's median over the baseline's
      "target": {"text": ..., "met": true | false | null, "why": ...},  # why: the profile, when not met
      "tables": [{"title": ..., "columns": [...], "rows": [[...], ...]}],  # further figures, as measured

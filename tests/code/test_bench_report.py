@@ -152,3 +152,65 @@ def test_a_missed_growth_target_names_the_workload_and_the_half_that_missed():
     assert workload["target"]["why"].startswith("Missed: pit_join: memory not bounded. The point-in-time join is")
     document["judged"]["pit_join"]["memory_bounded"] = True
     assert run_all.growth(document)[0]["target"]["why"] is None
+
+
+def _batch_run(seconds: list[float]) -> dict:
+    return {"median_seconds": sorted(seconds)[len(seconds) // 2], "seconds": seconds,
+            "images_per_s": round(1000 / sorted(seconds)[len(seconds) // 2], 1)}
+
+
+def test_batch_inference_shows_the_actor_pools_that_ran_and_says_how_to_measure_the_others():
+    plain = _batch_run([2.0, 2.1, 2.2])
+    one = run_all.images({"batch": {"photos": 1000, "orchard_1_actor": _batch_run([4.0, 4.2, 4.4]),
+                                    "plain_loop": plain}})[0]
+    assert [f["method"] for f in one["figures"]] == ["orchard_1_actor", "plain_loop"]
+    assert one["ratios"] == [{"orchard": "orchard_1_actor", "baseline": "plain_loop"}]
+    assert any("--actors 1,2" in note for note in one["notes"])
+    both = run_all.images({"batch": {"photos": 1000, "orchard_1_actor": _batch_run([4.0, 4.2, 4.4]),
+                                     "orchard_2_actors": _batch_run([5.0, 5.1, 5.2]), "plain_loop": plain}})[0]
+    assert [f["method"] for f in both["figures"]] == ["orchard_1_actor", "orchard_2_actors", "plain_loop"]
+    assert len(both["ratios"]) == 2 and not any("--actors" in note for note in both["notes"])
+    assert "orchard_2_actors 196" in both["notes"][0]
+
+
+def test_a_missed_training_target_cuts_both_runs_at_the_first_epoch_and_in_fit():
+    plain = {**_training_run(11, [700.0] * 10, 100.0, 40.0), "first_epoch_ended_s": 20.0}
+    one = {**_training_run(11, [500.0] * 10, 130.0, 45.0), "first_epoch_ended_s": 35.0}
+    train = {"plain_fit_1_thread": plain, "ray_train_1_worker": one, "overhead_1_worker": 0.3}
+    (training,) = run_all.images({"train": train})
+    why = training["target"]["why"]
+    # 10 later epochs of 1414 photos: 28.28 s in fit at 500/s against 20.2 s at 700/s; the rest is what is left.
+    assert "+30.0 s over the plain script are +15.0 s to the first epoch's end (35.0 s against 20.0 s" in why
+    assert "+8.1 s in `fit` over epochs 2–11 (28.3 s against 20.2 s, +40% per epoch" in why
+    assert "+6.9 s between epochs and after the last (66.7 s against 59.8 s" in why
+    assert run_all.images({"train": {**train, "overhead_1_worker": 0.05}})[0]["target"]["why"] is None
+
+
+def test_a_missed_feature_pipeline_target_shows_the_same_job_without_ray_datas_reservation():
+    methods = _methods(orchard=[1.5, 1.6, 1.7], duckdb=[1.2, 1.2, 1.2], pandas=[3.8, 3.8, 3.8],
+                       orchard_unreserved=[0.9, 1.0, 1.1])
+    (workload,) = run_all.vacancy({"rows": 4_000_000, "files": 8, "methods": methods})
+    assert workload["target"]["met"] is False
+    assert [(f["method"], f["role"]) for f in workload["figures"]][-1] == ("orchard_unreserved", "profile")
+    why = workload["target"]["why"]
+    assert "1.00 s against 1.60 s with it, DuckDB 1.20 s" in why and "enough here: 1.20×" in why
+    text = report.render_workload({**workload, "command": "make bench"})
+    assert "| orchard_unreserved | profile | 1.00 |" in text and why in text
+    methods["orchard"] = {"seconds": [1.1] * 3, "median_seconds": 1.1}
+    assert run_all.vacancy({"rows": 4_000_000, "files": 8, "methods": methods})[0]["target"]["why"] is None
+
+
+def test_the_training_profile_splits_the_first_epoch_into_the_start_and_its_fit_where_both_runs_have_it():
+    plain = {**_training_run(11, [700.0] * 10, 100.0, 40.0), "first_epoch_ended_s": 20.0, "first_epoch_fit_s": 4.0}
+    one = {**_training_run(11, [500.0] * 10, 130.0, 45.0), "first_epoch_ended_s": 35.0, "first_epoch_fit_s": 9.5}
+    (training,) = run_all.images({"train": {"plain_fit_1_thread": plain, "ray_train_1_worker": one,
+                                            "overhead_1_worker": 0.3}})
+    why = training["target"]["why"]
+    assert "+15.0 s to the first epoch's end (35.0 s against 20.0 s): +9.5 s before it began (25.5 s against 16.0 s" \
+        in why
+    assert "+5.5 s in the first epoch's `fit` (9.5 s against 4.0 s" in why
+    assert "for the gap in `fit`" in why  # 500 photos/s in fit against 700
+    same = {**one, "fit_images_per_s_per_epoch": [700.0] * 10}
+    (training,) = run_all.images({"train": {"plain_fit_1_thread": plain, "ray_train_1_worker": same,
+                                            "overhead_1_worker": 0.3}})
+    assert "for the gap in `fit`" not in training["target"]["why"]
