@@ -61,14 +61,9 @@ def _prepare(storage, photos: int) -> None:
     create_training_dataset(storage, get_view("apple_defects"), RandomSplit(seed=0))
 
 
-def _plain_fit(storage, runs: dict[str, tuple[str | None, int]], work: Path, target: float) -> dict:
-    """The same network, data, batch size and learning-rate schedule, trained by `model.fit` on arrays in a process
-    of its own, once per entry of `runs` (label -> (OMP_NUM_THREADS or None for every core, epochs)). Each process
-    is timed from its launch to its exit: the interpreter, TensorFlow's import and reading the arrays are inside,
-    as they are for a user's own training script."""
-    import subprocess
-    import sys
-
+def _save_plain_arrays(storage, work: Path) -> int:
+    """The training and validation splits as NumPy arrays, with the network's inputs, for `_plain_fit`'s processes;
+    returns the number of training rows."""
     import ray
 
     from training.catalog import get_spec
@@ -90,6 +85,17 @@ def _plain_fit(storage, runs: dict[str, tuple[str | None, int]], work: Path, tar
               "learning_rate": spec.flavor.learning_rate, "images": [list(i) for i in _image_layout(data.inputs)]}
     np.savez(work / "plain_fit.npz", x=x, y=y, vx=vx, vy=vy)
     (work / "plain_fit.json").write_text(json.dumps({"inputs": inputs}))
+    return len(y)
+
+
+def _plain_fit(runs: dict[str, tuple[str | None, int]], work: Path, target: float, images: int) -> dict:
+    """The same network, data, batch size and learning-rate schedule, trained by `model.fit` on the arrays
+    `_save_plain_arrays` wrote, in a process of its own, once per entry of `runs` (label -> (OMP_NUM_THREADS or
+    None for every core, epochs)). Each process is timed from its launch to its exit: the interpreter,
+    TensorFlow's import and reading the arrays are inside, as they are for a user's own training script."""
+    import subprocess
+    import sys
+
     results = {}
     for label, (threads, epochs) in runs.items():
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -102,7 +108,7 @@ def _plain_fit(storage, runs: dict[str, tuple[str | None, int]], work: Path, tar
         if run.returncode != 0:
             raise RuntimeError(f"plain fit failed: {run.stderr[-2000:]}")
         epochs_run = json.loads(run.stdout.strip().splitlines()[-1])
-        results[label] = _throughput(len(y), epochs_run["fit_seconds"],
+        results[label] = _throughput(images, epochs_run["fit_seconds"],
                                      [t - launched for t in epochs_run["ended_at"]], total,
                                      epochs_run["val_accuracy"], target)
         results[label]["threads"] = threads or "all"
@@ -172,15 +178,16 @@ def bench_train(config, epochs: int, epochs_2_workers: int, target: float, keep,
     storage = Storage(config.storage)
     with ray_session(config.with_overrides(num_cpus=2), quiet=True):
         _prepare(storage, PHOTOS[0])
-        results = _plain_fit(storage, {"plain_fit_1_thread": ("1", epochs), "plain_fit": (None, epochs_2_workers)},
-                             work, target)
+        images = _save_plain_arrays(storage, work)
+        results = _plain_fit({"plain_fit_1_thread": ("1", epochs), "plain_fit": (None, epochs_2_workers)}, work,
+                             target, images)
         plain = results["plain_fit_1_thread"]
         if plain["run_seconds"] < min_run_seconds and epochs > 1:  # a fast hour: more epochs, for a long run
             per_epoch = (plain["run_seconds"] - plain["first_epoch_ended_s"]) / (epochs - 1)
             epochs += math.ceil((min_run_seconds * 1.1 - plain["run_seconds"]) / per_epoch)
             log.info("the plain script's %.0f s is under %.0f s: %d epochs instead", plain["run_seconds"],
                      min_run_seconds, epochs)
-            results.update(_plain_fit(storage, {"plain_fit_1_thread": ("1", epochs)}, work, target))
+            results.update(_plain_fit({"plain_fit_1_thread": ("1", epochs)}, work, target, images))
         keep("train", results)
         _train_run(storage, 1, epochs, target, results, keep, work)
     with ray_session(config.with_overrides(num_cpus=3), quiet=True):

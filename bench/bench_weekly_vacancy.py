@@ -2,7 +2,9 @@
 
 All three run the same job on the same files in the same process: one
 warm-up run each, then `--repeats` timed runs, interleaved; the table reports
-medians. The three outputs must agree to the row and number after every
+medians. A fourth, `orchard_unreserved`, runs Orchard's job with Ray Data's
+per-operator reservation off: a profile of what the reservation costs, not a
+method users get. The outputs must agree to the row and number after every
 round, or the benchmark fails.
 
     python -m bench.bench_weekly_vacancy --rows 4000000 --repeats 3
